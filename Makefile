@@ -1,0 +1,33 @@
+# The two commands a new user needs:  make run  (the whole pipeline)  and  make test.
+# Both create .venv and install the project first. On CPU machines torch is pinned to the
+# CPU wheel (an unpinned torch pulls several GB of CUDA packages); on GPU machines use
+#   make install TORCH_SPEC=torch EXTRAS=dev,gpu
+VENV ?= .venv
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev
+BIN := $(abspath $(VENV))/bin
+
+.PHONY: install run test test-slow clean
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+# The whole pipeline on params.yaml (the tiny CPU world by default); stages already up to date are skipped.
+run: install
+	PATH=$(BIN):$$PATH HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} dvc repro
+
+# The fast test suite (slow end-to-end tests are excluded; `make test-slow` runs them).
+test: install
+	PATH=$(BIN):$$PATH $(BIN)/python -m pytest -q
+
+test-slow: install
+	PATH=$(BIN):$$PATH $(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf data models metrics mlflow.db mlruns

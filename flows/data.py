@@ -1,0 +1,26 @@
+"""The data stage as a Prefect flow: ``python -m flows.data`` (what ``dvc repro data`` runs).
+
+Writes the QA files, the corpus and the BM25 index under ``base.paths.data`` and the stage's
+metrics to ``metrics/data.json``; logs to the pipeline's MLflow run (nested run ``data``).
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks.common import load_config_task, write_metrics_task
+from tasks.data import build_data_task
+from zerosearch.tracking import stage_run
+
+
+@flow(name="data")
+def data_flow(params: str = "params.yaml", overrides: list[str] | None = None) -> dict:
+    cfg = load_config_task(params, overrides)
+    with stage_run("data", cfg, params) as tracker:
+        stats = build_data_task(cfg, tracker)
+    write_metrics_task(stats, cfg.path("metrics") / "data.json")
+    return stats
+
+
+if __name__ == "__main__":
+    data_flow()

@@ -1,0 +1,45 @@
+"""Shared fixtures: a micro config (tiny world shrunk to seconds) with every path in tmp."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from zerosearch.config import Config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("ZEROSEARCH_TRACKING", "off")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+MICRO = [
+    "data.world.n_entities=120",
+    "data.world.n_train_questions=150",
+    "data.world.n_test_questions=30",
+    "tiny_models.vocab_size=600",
+    "tiny_models.n_demos=40",
+    "tiny_models.demo_entities=100",
+    *[f"tiny_models.{m}.{k}={v}" for m in ("policy", "simulator")
+      for k, v in {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
+                   "intermediate_size": 64, "max_position": 512}.items()],
+    *[f"tiny_models.{r}.{k}={v}" for r in ("policy_pretrain", "simulator_pretrain")
+      for k, v in {"steps": 2, "batch_size": 2, "seq_len": 64, "warmup_steps": 1}.items()],
+]
+
+
+def micro_overrides(root: Path, *extra: str) -> list[str]:
+    """Overrides that shrink the repo's params.yaml to test size, writing under ``root``."""
+    paths = [f"base.paths.data={root}/data", f"base.paths.models={root}/models",
+             f"base.paths.metrics={root}/metrics", f"base.policy_model={root}/models/base/policy",
+             f"base.simulator_model={root}/models/base/simulator"]
+    return [*MICRO, *paths, *extra]
+
+
+def micro_config(root: Path, *extra: str) -> Config:
+    return load_config(REPO / "params.yaml", micro_overrides(root, *extra))
+
+
+@pytest.fixture
+def micro_cfg(tmp_path: Path) -> Config:
+    return micro_config(tmp_path)

@@ -1,0 +1,127 @@
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from zerosearch.cli import app
+from zerosearch.config import ConfigError, apply_overrides, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = sorted((REPO / "configs").rglob("*.yaml"))
+PRESETS = [p for p in PRESETS if "accelerate" not in p.parts]
+
+
+def write(tmp_path, data, name="bad.yaml"):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for dotted, value in data.items():
+        node = raw
+        *head, last = dotted.split(".")
+        for k in head:
+            node = node[k]
+        node[last] = value
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("path", [REPO / "params.yaml", *PRESETS], ids=lambda p: p.name)
+def test_params_and_every_preset_validate(path):
+    cfg = load_config(path)
+    assert cfg.base.seed == 0
+
+
+def test_paper_presets_carry_the_papers_values():
+    names = {p.stem for p in (REPO / "configs" / "paper").glob("*.yaml")}
+    assert names == {f"{a}-{m}-{s}" for a in ("grpo", "ppo", "reinforce")
+                     for m in ("qwen2.5-3b", "llama3.2-3b") for s in ("sft", "prompt")}
+    qwen = load_config(REPO / "configs/paper/grpo-qwen2.5-3b-sft.yaml")
+    assert (qwen.simulator.curriculum.p_start, qwen.simulator.curriculum.p_end) == (0.0, 0.25)
+    assert qwen.simulator.curriculum.base == 4.0
+    assert (qwen.train.total_steps, qwen.train.lr, qwen.train.group_size) == (203, 1e-6, 5)
+    assert (qwen.train.kl_coef, qwen.train.kl_estimator, qwen.train.clip_ratio) == (0.001, "k3", 0.2)
+    assert qwen.base.simulator_model == "sunhaonlp/SearchSimulation_14B"
+    assert qwen.data.source == "hub" and len(qwen.data.benchmarks) == 7
+    llama = load_config(REPO / "configs/paper/ppo-llama3.2-3b-prompt.yaml")
+    assert (llama.simulator.curriculum.p_start, llama.simulator.curriculum.p_end) == (0.25, 0.5)
+    assert llama.train.algorithm == "ppo" and llama.simulator.mode == "prompt"
+    assert (llama.train.critic_lr, llama.train.gamma, llama.train.lam) == (1e-5, 1.0, 1.0)
+    assert load_config(REPO / "configs/paper/reinforce-qwen2.5-3b-sft.yaml").train.algorithm == "reinforce_pp"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"train.total_stepz": 3}, r"train\.total_stepz: unknown key"),
+        ({"train.total_steps": 0}, r"train\.total_steps: Input should be greater than 0"),
+        ({"train.total_steps": "many"}, r"train\.total_steps: Input should be a valid integer"),
+        ({"simulator.curriculum.p_end": 1.5}, r"simulator\.curriculum\.p_end: Input should be less than or equal to 1"),
+        ({"simulator.curriculum.p_start": 0.6, "simulator.curriculum.p_end": 0.2},
+         r"simulator\.curriculum: Value error, p_start \(0\.6\) must be <= p_end \(0\.2\)"),
+        ({"data.world.two_hop_fraction": -0.1}, r"data\.world\.two_hop_fraction: Input should be greater than or equal to 0"),
+        ({"tiny_models.policy.num_heads": 3}, r"tiny_models\.policy: Value error, hidden_size must be divisible"),
+        ({"data.in_domain": ["nq"]}, r"data: Value error, in_domain names benchmarks not in data\.benchmarks"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_file(tmp_path, change, message):
+    path = write(tmp_path, change)
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(path)
+    assert str(path) in str(e.value)
+
+
+def test_missing_key_is_an_error(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    del raw["train"]["lr"]
+    path = tmp_path / "partial.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"train\.lr: Field required"):
+        load_config(path)
+
+
+def test_overrides_parse_yaml_values_and_reject_unknown_keys():
+    cfg = load_config(REPO / "params.yaml", ["train.total_steps=50", "train.algorithm=ppo",
+                                             "data.benchmarks=[tiny_single, tiny_multi]"])
+    assert cfg.train.total_steps == 50 and cfg.train.algorithm == "ppo"
+    assert cfg.data.benchmarks == ["tiny_single", "tiny_multi"]
+    with pytest.raises(ConfigError, match=r"train\.nope: unknown key"):
+        load_config(REPO / "params.yaml", ["train.nope=1"])
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        load_config(REPO / "params.yaml", ["train.total_steps"])
+    with pytest.raises(ConfigError, match="'seed' is not a section"):
+        apply_overrides({"base": {"seed": 1}}, ["base.seed.x=2"], "f.yaml")
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("base: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config(bad)
+
+
+def test_every_key_in_params_yaml_has_a_comment():
+    lines = (REPO / "params.yaml").read_text().splitlines()
+    missing = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^\s*([a-z_0-9]+):", line)
+        if m and not lines[i - 1].strip().startswith("#"):
+            missing.append(f"line {i + 1}: {m.group(1)}")
+    assert not missing, missing
+
+
+def test_cli_validate_exits_nonzero_naming_key_and_file(tmp_path):
+    path = write(tmp_path, {"simulator.curriculum.p_start": 2})
+    result = CliRunner().invoke(app, ["config", "validate", str(path)])
+    assert result.exit_code == 2
+    assert "simulator.curriculum.p_start" in result.output and "bad.yaml" in result.output
+    ok = CliRunner().invoke(app, ["config", "validate", str(REPO / "params.yaml")])
+    assert ok.exit_code == 0 and "ok" in ok.output
+
+
+def test_cli_stage_rejects_bad_override_before_running(tmp_path):
+    result = CliRunner().invoke(app, ["data", "--params", str(REPO / "params.yaml"), "--set", "data.world.n_entities=5"])
+    assert result.exit_code == 2
+    assert "data.world.n_entities" in result.output

@@ -1,0 +1,94 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from zerosearch.base_models import build_base
+from zerosearch.data.build import build_data
+from zerosearch.models import PROTOCOL_TAGS, resolve_model_path, train_tokenizer
+from zerosearch.sft import pack_examples, pack_texts
+
+
+def test_tokenizer_keeps_protocol_tags_whole_and_has_chat_template():
+    texts = ["Velora is a city in Zandoria.", "Kadmir Ostavel was born in Velora in 1873."] * 20
+    tok = train_tokenizer(texts, vocab_size=400)
+    for tag in PROTOCOL_TAGS:
+        ids = tok(f"x {tag} y", add_special_tokens=False)["input_ids"]
+        assert tok.convert_tokens_to_ids(tag) in ids
+    text = "<search> Velora </search>"
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_pack_examples_masks_untrained_segments():
+    tok = train_tokenizer(["prompt answer docs"] * 30, vocab_size=300)
+    examples = [[("prompt ", False), ("answer", True)], [("docs", False)]] * 10
+    ids, labels = pack_examples(tok, examples, seq_len=4)
+    assert ids.shape == labels.shape and ids.shape[1] == 4
+    flat_ids, flat_labels = ids.flatten().tolist(), labels.flatten().tolist()
+    prompt_ids = tok("prompt ", add_special_tokens=False)["input_ids"]
+    assert flat_labels[: len(prompt_ids)] == [-100] * len(prompt_ids)
+    trained = [i for i, lab in zip(flat_ids, flat_labels) if lab != -100]
+    assert tok.eos_token_id in trained and all(lab in (-100, i) for i, lab in zip(flat_ids, flat_labels))
+    all_ids, all_labels = pack_texts(tok, ["prompt answer docs"] * 5, seq_len=4)
+    assert torch.equal(all_ids, all_labels)
+    with pytest.raises(ValueError, match="not enough text"):
+        pack_texts(tok, ["a"], seq_len=1000)
+
+
+def test_base_stage_saves_models_that_load_with_auto_classes(micro_cfg):
+    build_data(micro_cfg)
+    stats = build_base(micro_cfg)
+    for name in ("policy", "simulator"):
+        path = micro_cfg.path("models") / "base" / name
+        assert (path / "model.safetensors").exists() and not list(path.glob("*.bin"))
+        model = AutoModelForCausalLM.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path)
+        assert model.config.model_type == "qwen2" and model.config.hidden_size == 32
+        assert stats[f"{name}_params"] == sum(p.numel() for p in model.parameters())
+        assert tok.convert_tokens_to_ids("</search>") != tok.unk_token_id
+        out = model.generate(**tok("Question: x", return_tensors="pt"), max_new_tokens=3, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+        assert out.shape[1] == tok("Question: x", return_tensors="pt")["input_ids"].shape[1] + 3
+    manifest = json.loads((micro_cfg.path("models") / "base" / "manifest.json").read_text())
+    assert manifest["demos"] == 40 and manifest["policy_train_tokens"] == 2 * 2 * 64
+    curve = (micro_cfg.path("metrics") / "base_loss.csv").read_text().splitlines()
+    assert curve[0] == "step,policy_loss,simulator_loss" and len(curve) == 3
+
+
+def test_base_stage_is_deterministic(tmp_path):
+    from tests.conftest import micro_config
+
+    weights = []
+    for run in ("a", "b"):
+        cfg = micro_config(tmp_path / run)
+        build_data(cfg)
+        build_base(cfg)
+        weights.append((cfg.path("models") / "base" / "policy" / "model.safetensors").read_bytes())
+    assert weights[0] == weights[1]
+
+
+def test_resolve_model_path_errors(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_model_path(str(tmp_path / "missing" / "model"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve_model_path(str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache"):
+        resolve_model_path("Qwen/Qwen2.5-3B")
+
+
+def test_base_stage_for_hub_models_checks_paths(micro_cfg, tmp_path):
+    from tests.conftest import micro_config
+
+    cfg = micro_config(tmp_path, "tiny_models.build=false", f"base.policy_model={tmp_path}/nowhere/p")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_base(cfg)

@@ -1,0 +1,96 @@
+"""Stage flows under Prefect's test harness, and MLflow run nesting."""
+
+import json
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, micro_config, micro_overrides
+from zerosearch.tracking import MemoryTracker, flatten, stage_run, write_csv, write_json
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+def test_stage_flows_run_under_prefect_and_write_metrics(tmp_path, prefect_harness, monkeypatch):
+    from flows.base import base_flow
+    from flows.data import data_flow
+
+    monkeypatch.setenv("ZEROSEARCH_TRACKING", "off")
+    overrides = micro_overrides(tmp_path)
+    stats = data_flow(str(REPO / "params.yaml"), overrides)
+    assert stats["rows_train"] == 150
+    assert json.loads((tmp_path / "metrics" / "data.json").read_text()) == stats
+    base = base_flow(str(REPO / "params.yaml"), overrides)
+    assert json.loads((tmp_path / "metrics" / "base.json").read_text()) == base
+    assert (tmp_path / "models" / "base" / "policy" / "model.safetensors").exists()
+
+
+def test_stage_runs_nest_under_one_pipeline_run(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("ZEROSEARCH_TRACKING", raising=False)
+    monkeypatch.delenv("ZEROSEARCH_PARENT_RUN_ID", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    cfg = micro_config(tmp_path)
+    for stage in ("data", "base"):
+        with stage_run(stage, cfg, params) as tracker:
+            tracker.log_metrics({f"{stage}_loss": 1.5}, step=0)
+            tracker.log_metrics({f"{stage}_loss": 0.5}, step=1)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(cfg.base.mlflow_experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and sorted(r.data.tags["stage"] for r in children) == ["base", "data"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert all(r.data.tags["git_revision"] for r in children)
+    data_run = next(r for r in children if r.data.tags["stage"] == "data")
+    history = client.get_metric_history(data_run.info.run_id, "data_loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.5), (1, 0.5)]
+    assert data_run.data.params["train.algorithm"] == cfg.train.algorithm
+    # editing the params file starts a new pipeline run
+    params.write_text(params.read_text() + "\n# changed\n")
+    with stage_run("data", cfg, params):
+        pass
+    runs = client.search_runs([exp.experiment_id])
+    assert len([r for r in runs if "mlflow.parentRunId" not in r.data.tags]) == 2
+
+
+def test_tracking_off_and_memory_tracker(monkeypatch, micro_cfg):
+    monkeypatch.setenv("ZEROSEARCH_TRACKING", "off")
+    with stage_run("data", micro_cfg) as tracker:
+        tracker.log_metrics({"x": 1.0})  # accepted, recorded nowhere
+    mem = MemoryTracker()
+    mem.log_metrics({"loss": 2.0}, step=3)
+    mem.log_params({"a": 1})
+    assert mem.metrics == [(3, {"loss": 2.0})] and mem.params == {"a": 1}
+
+
+def test_metric_files(tmp_path):
+    write_json({"b": 1, "a": 2.5}, tmp_path / "m" / "x.json")
+    assert (tmp_path / "m" / "x.json").read_text() == '{\n  "a": 2.5,\n  "b": 1\n}\n'
+    write_csv([{"step": 0, "loss": 1.0}, {"step": 1, "loss": 0.5}], tmp_path / "c.csv")
+    assert (tmp_path / "c.csv").read_text().splitlines() == ["step,loss", "0,1.0", "1,0.5"]
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def test_dvc_yaml_declares_stages_with_existing_params():
+    """Every params key a stage declares exists in params.yaml; outs are the configured paths."""
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert list(dvc["stages"]) == ["data", "base"]
+    for name, stage in dvc["stages"].items():
+        assert stage["cmd"] == f"zerosearch {name}"
+        for key in stage["params"]:
+            node = params
+            for part in key.split("."):
+                assert part in node, f"{name}: params key {key} not in params.yaml"
+                node = node[part]

@@ -1,0 +1,73 @@
+"""End to end: `dvc repro` on a fresh copy of the repository with the default params.yaml
+(the real tiny world and models, ~5 minutes on 2 cores), then a second `dvc repro` that has
+nothing to do. Marked slow: `make test-slow` / `pytest -m slow`."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def run(cmd, cwd, env):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory):
+    dst = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (REPO / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, dst / f)
+    env = {k: v for k, v in os.environ.items() if k != "ZEROSEARCH_TRACKING"}
+    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", HF_HUB_OFFLINE="1",
+               PREFECT_HOME=str(dst / ".prefect"), MLFLOW_TRACKING_URI=f"sqlite:///{dst}/mlflow.db")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        run(cmd, dst, env)
+    return dst, env
+
+
+def test_dvc_repro_builds_everything_then_has_nothing_to_do(repo_copy):
+    repo, env = repo_copy
+    run(["dvc", "repro"], repo, env)
+    data = json.loads((repo / "metrics" / "data.json").read_text())
+    assert data["rows_train"] == 1500 and data["bm25_documents"] == data["documents"]
+    for split in ("tiny_single", "tiny_multi", "tiny_ood"):
+        assert (repo / "data" / "test" / f"{split}.parquet").exists()
+    base = json.loads((repo / "metrics" / "base.json").read_text())
+    assert base["policy_final_loss"] < 1.5  # the policy learned the protocol text
+    for name in ("policy", "simulator"):
+        model = AutoModelForCausalLM.from_pretrained(repo / "models" / "base" / name)
+        assert model.config.model_type == "qwen2"
+    second = run(["dvc", "repro"], repo, env)
+    assert "didn't change" in second and "Running stage" not in second
+    shown = run(["dvc", "metrics", "show", "--json"], repo, env)
+    assert "rows_train" in shown
+
+
+def test_stage_runs_are_in_mlflow_under_one_parent(repo_copy):
+    import mlflow
+
+    repo, env = repo_copy
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("zerosearch")
+    runs = client.search_runs([exp.experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.data.tags["stage"] for r in children) == ["base", "data"]
+    assert len({r.data.tags["mlflow.parentRunId"] for r in children}) == 1
+    base_run = next(r for r in children if r.data.tags["stage"] == "base")
+    assert len(client.get_metric_history(base_run.info.run_id, "policy_loss")) > 100

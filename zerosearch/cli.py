@@ -1,0 +1,148 @@
+"""The ``zerosearch`` command line: one subcommand per pipeline stage, plus helpers.
+
+Every stage command takes ``--params FILE`` (a preset is a params file) and repeatable
+``--set section.key=value`` overrides, validates them, and runs the stage's Prefect flow.
+``dvc repro`` runs the same commands (see dvc.yaml).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from zerosearch.config import Config, ConfigError, load_config
+
+app = typer.Typer(
+    help="ZeroSearch: train a search agent against a simulated search engine.\n\n"
+    "Stages: data -> base (tiny world only); `dvc repro` runs them all.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+config_app = typer.Typer(help="Validate and show params files.", no_args_is_help=True)
+world_app = typer.Typer(help="Peek at the generated tiny world.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(world_app, name="world")
+console = Console()
+err = Console(stderr=True)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Params file (a preset is a params file).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a key, e.g. --set data.world.n_entities=300 (repeatable)."),
+]
+
+
+def _config(params: Path, overrides: list[str] | None) -> Config:
+    try:
+        return load_config(params, overrides or [])
+    except ConfigError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _print_stats(title: str, stats: dict) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in stats.items():
+        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    console.print(table)
+
+
+@app.command()
+def data(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
+    """Data stage: generate the tiny world (or load hub/local datasets), write data/ and the BM25 index."""
+    _config(params, set)
+    from flows.data import data_flow
+
+    _print_stats("data stage", data_flow(str(params), set or []))
+
+
+@app.command()
+def base(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
+    """Base stage: train the tiny tokenizer, policy and simulator (or check hub models resolve)."""
+    _config(params, set)
+    from flows.base import base_flow
+
+    _print_stats("base stage", base_flow(str(params), set or []))
+
+
+@app.command()
+def pipeline(force: Annotated[bool, typer.Option(help="Rerun stages even if up to date.")] = False) -> None:
+    """Run the whole pipeline on params.yaml with DVC (`dvc repro`): only stale stages run."""
+    _config(Path("params.yaml"), None)
+    if shutil.which("dvc") is None:
+        err.print("[red]error:[/red] dvc is not on PATH; install the project (make install)")
+        raise typer.Exit(2)
+    raise typer.Exit(subprocess.call(["dvc", "repro", *(["--force"] if force else [])]))
+
+
+@config_app.command("validate")
+def config_validate(files: Annotated[list[Path], typer.Argument(help="Params files to check.")]) -> None:
+    """Check params files against the schema; exit 2 naming each bad key."""
+    bad = 0
+    for f in files:
+        try:
+            load_config(f)
+            console.print(f"[green]ok[/green] {f}")
+        except ConfigError as e:
+            err.print(f"[red]error:[/red] {e}", highlight=False)
+            bad += 1
+    raise typer.Exit(2 if bad else 0)
+
+
+@config_app.command("show")
+def config_show(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
+    """Print the validated config with overrides applied."""
+    console.print(yaml.safe_dump(_config(params, set).model_dump(), sort_keys=False), highlight=False)
+
+
+@world_app.command("show")
+def world_show(
+    params: ParamsOpt = Path("params.yaml"),
+    n: Annotated[int, typer.Option(help="Entities and questions to show.")] = 3,
+    entity: Annotated[str | None, typer.Option(help="Show this entity (by name) and its documents.")] = None,
+    seed: Annotated[int, typer.Option(help="Which random sample to show.")] = 0,
+) -> None:
+    """Show a sample of the world: entities, their documents and questions per split."""
+    from zerosearch.base_models import load_world
+    from zerosearch.data.schema import read_corpus, read_qa_parquet
+
+    cfg = _config(params, None)
+    data_dir = cfg.path("data")
+    if not (data_dir / "world.json").exists():
+        err.print(f"[red]error:[/red] no world at {data_dir}/world.json: run `zerosearch data` first")
+        raise typer.Exit(2)
+    world, roles = load_world(data_dir)
+    docs_by_entity: dict[str, list[dict]] = {}
+    for d in read_corpus(data_dir / "corpus.jsonl"):
+        docs_by_entity.setdefault(d.get("entity", ""), []).append(d)
+    rng = random.Random(seed)
+    picked = [e for e in world.entities if e.name == entity] if entity else rng.sample(world.entities, n)
+    if not picked:
+        err.print(f"[red]error:[/red] no entity named {entity!r}")
+        raise typer.Exit(2)
+    for e in picked:
+        console.print(f"[bold]{e.name}[/bold] ({e.type}, {roles[e.id]}) aliases={e.aliases}")
+        console.print("  attrs: " + json.dumps({k: world.by_id[v].name if v in world.by_id else v
+                                                 for k, v in e.attrs.items()}), highlight=False)
+        for d in docs_by_entity.get(e.id, []):
+            console.print(f"  [dim]doc[/dim] ({d['title']}) {d['text']}", highlight=False)
+    for f in sorted(data_dir.glob("*.parquet")) + sorted((data_dir / "test").glob("*.parquet")):
+        rows = read_qa_parquet(f)
+        console.print(f"\n[bold]{f.stem}[/bold] ({len(rows)} questions)")
+        for r in rng.sample(rows, min(n, len(rows))):
+            console.print(f"  {r['question']}  ->  {r['golden_answers']}", highlight=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,238 @@
+"""Typed configuration: one pydantic schema for ``params.yaml`` and every ``configs/*.yaml``.
+
+A preset is a complete params file: the schema has no defaults, so every value an experiment
+uses is written in its params file (``params.yaml`` is the one source of truth). ``load_config(path, overrides)`` reads the YAML, applies
+``dotted.key=value`` overrides (values parsed as YAML), and validates: an unknown key, a
+wrong type or an out-of-range value raises ``ConfigError`` naming the key and the file.
+The field docs live as comments in ``params.yaml``; this module holds types and bounds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names key and file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(_Section):
+    data: str
+    models: str
+    metrics: str
+
+
+class BaseSection(_Section):
+    seed: int
+    preset: str
+    paths: Paths
+    policy_model: str
+    simulator_model: str
+    mlflow_experiment: str
+    trust_remote_code: bool
+
+
+class WorldSection(_Section):
+    n_entities: Annotated[int, Field(ge=60)]
+    n_train_questions: PositiveInt
+    n_test_questions: PositiveInt
+    test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)]
+    two_hop_fraction: Probability
+
+
+class DataSection(_Section):
+    source: Literal["tinyworld", "hub"]
+    train_source: str
+    benchmarks_source: str
+    benchmarks: list[str]
+    in_domain: list[str]
+    corpus: str | None
+    skip_malformed: bool
+    world: WorldSection
+
+    @model_validator(mode="after")
+    def _in_domain_subset(self) -> DataSection:
+        unknown = [b for b in self.in_domain if b not in self.benchmarks]
+        if unknown:
+            raise ValueError(f"in_domain names benchmarks not in data.benchmarks: {unknown}")
+        return self
+
+
+class ModelShape(_Section):
+    hidden_size: PositiveInt
+    num_layers: PositiveInt
+    num_heads: PositiveInt
+    num_kv_heads: PositiveInt
+    intermediate_size: PositiveInt
+    max_position: PositiveInt
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelShape:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be divisible by num_heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be divisible by num_kv_heads")
+        return self
+
+
+class PretrainRun(_Section):
+    steps: PositiveInt
+    batch_size: PositiveInt
+    seq_len: PositiveInt
+    lr: PositiveFloat
+    warmup_steps: Annotated[int, Field(ge=0)]
+
+
+class TinyModelsSection(_Section):
+    build: bool
+    vocab_size: Annotated[int, Field(ge=512)]
+    policy: ModelShape
+    simulator: ModelShape
+    policy_pretrain: PretrainRun
+    simulator_pretrain: PretrainRun
+    n_demos: PositiveInt
+    demo_entities: Annotated[int, Field(ge=60)]
+
+
+class BM25Section(_Section):
+    k1: PositiveFloat
+    b: Probability
+
+
+class SearchSection(_Section):
+    engine: Literal["bm25", "simulated", "hybrid", "dense", "web"]
+    top_k: PositiveInt
+    bm25: BM25Section
+
+
+class CurriculumSection(_Section):
+    p_start: Probability
+    p_end: Probability
+    base: Annotated[float, Field(gt=1.0)]
+
+    @model_validator(mode="after")
+    def _start_le_end(self) -> CurriculumSection:
+        if self.p_start > self.p_end:
+            raise ValueError(f"p_start ({self.p_start}) must be <= p_end ({self.p_end})")
+        return self
+
+
+class SimulatorSection(_Section):
+    mode: Literal["sft", "prompt"]
+    backend: Literal["transformers", "sglang", "vllm", "url"]
+    url: str | None
+    tp: PositiveInt
+    dp: PositiveInt
+    max_tokens: PositiveInt
+    temperature: Annotated[float, Field(ge=0.0)]
+    curriculum: CurriculumSection
+
+
+class LoraSection(_Section):
+    enabled: bool
+    r: PositiveInt
+    alpha: PositiveInt
+    dropout: Probability
+
+
+class TrainSection(_Section):
+    algorithm: Literal["grpo", "ppo", "reinforce_pp"]
+    engine: Literal["bm25", "simulated", "hybrid"]
+    reward: Literal["f1", "em"]
+    total_steps: PositiveInt
+    lr: PositiveFloat
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)]
+    critic_lr: PositiveFloat
+    batch_prompts: PositiveInt
+    group_size: PositiveInt
+    temperature: PositiveFloat
+    kl_coef: Annotated[float, Field(ge=0.0)]
+    kl_estimator: Literal["k1", "k2", "k3"]
+    clip_ratio: Annotated[float, Field(gt=0.0, lt=1.0)]
+    gamma: Probability
+    lam: Probability
+    max_turns: PositiveInt
+    max_response_tokens: PositiveInt
+    max_obs_tokens: PositiveInt
+    max_prompt_tokens: PositiveInt
+    gradient_checkpointing: bool
+    lora: LoraSection
+
+
+class Config(_Section):
+    base: BaseSection
+    data: DataSection
+    tiny_models: TinyModelsSection
+    search: SearchSection
+    simulator: SimulatorSection
+    train: TrainSection
+
+    def path(self, name: str) -> Path:
+        """A path from ``base.paths`` (``data``, ``models``, ``metrics``)."""
+        return Path(getattr(self.base.paths, name))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.total_steps=50`` -> (["train", "total_steps"], 50); the value is parsed as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Set each dotted key in a copy of ``raw``; a path through a non-mapping is an error."""
+    out = yaml.safe_load(yaml.safe_dump(raw)) or {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: override {text!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return out
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def validate_config(raw: dict[str, Any], source: str = "<dict>") -> Config:
+    """Validate a raw mapping; raise ConfigError naming each bad key and ``source``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a params file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    source = str(path) + (f" (with overrides {overrides})" if overrides else "")
+    return validate_config(apply_overrides(raw, overrides or [], source), source)

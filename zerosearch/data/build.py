@@ -1,0 +1,82 @@
+"""The data stage: write the normalized QA files, the corpus and the BM25 index under
+``base.paths.data``.
+
+Run it with ``zerosearch data`` (or ``dvc repro data``). Layout::
+
+    data/train.parquet            normalized QA rows (schema.QA_COLUMNS)
+    data/test/<benchmark>.parquet one file per evaluation benchmark
+    data/corpus.jsonl             {id, title, text} documents (tiny world, or data.corpus)
+    data/bm25/                    the BM25 index over the corpus
+    data/world.json               tiny world only: entities and subject roles
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from zerosearch.config import Config
+from zerosearch.data import hub, tinyworld
+from zerosearch.data.schema import normalize_rows, read_corpus, write_jsonl, write_qa_parquet
+from zerosearch.search.bm25 import BM25Engine
+from zerosearch.tracking import NullTracker
+
+
+def _tinyworld_files(cfg: Config, out: Path) -> dict[str, Any]:
+    w = cfg.data.world
+    g = tinyworld.generate(cfg.base.seed, w.n_entities, w.n_train_questions, w.n_test_questions,
+                           w.test_fraction, w.two_hop_fraction)
+    (out / "world.json").write_text(
+        json.dumps({"entities": g["world"].to_json(), "roles": g["roles"]}, sort_keys=True,
+                   ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
+    write_jsonl(g["corpus"], out / "corpus.jsonl")
+    splits = {}
+    for name, questions in g["splits"].items():
+        split = "train" if name == "train" else "test"
+        rows, _ = normalize_rows(questions, source=f"tinyworld:{name}", data_source=name, split=split)
+        splits[name] = rows
+    stats = {"entities": len(g["world"].entities), "documents": len(g["corpus"])}
+    return {"splits": splits, "stats": stats, "skipped": 0}
+
+
+def _hub_files(cfg: Config, out: Path) -> dict[str, Any]:
+    skip = cfg.data.skip_malformed
+    train, skipped = hub.load_zerosearch_split("train", source=cfg.data.train_source, skip_malformed=skip)
+    splits = {"train": train}
+    for name in cfg.data.benchmarks:
+        rows, n = hub.load_benchmark(name, source=cfg.data.benchmarks_source, skip_malformed=skip)
+        splits[name] = rows
+        skipped += n
+    if cfg.data.corpus:
+        shutil.copyfile(cfg.data.corpus, out / "corpus.jsonl")
+    return {"splits": splits, "stats": {}, "skipped": skipped}
+
+
+def build_data(cfg: Config, tracker: NullTracker = NullTracker()) -> dict[str, Any]:
+    """Write every data file of the stage; returns the stats written to metrics/data.json."""
+    out = cfg.path("data")
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "test").mkdir(parents=True)
+    built = _tinyworld_files(cfg, out) if cfg.data.source == "tinyworld" else _hub_files(cfg, out)
+    missing = [b for b in cfg.data.benchmarks if b not in built["splits"]]
+    if missing:
+        raise ValueError(f"data.benchmarks names {missing}, which the {cfg.data.source} source does not provide")
+    for name, rows in built["splits"].items():
+        if name == "train":
+            write_qa_parquet(rows, out / "train.parquet")
+        elif name in cfg.data.benchmarks:
+            write_qa_parquet(rows, out / "test" / f"{name}.parquet")
+    stats = dict(built["stats"])
+    stats.update({f"rows_{name}": len(rows) for name, rows in built["splits"].items()})
+    stats["skipped_malformed"] = built["skipped"]
+    corpus = out / "corpus.jsonl"
+    if corpus.exists():
+        engine = BM25Engine.build(read_corpus(corpus), k1=cfg.search.bm25.k1, b=cfg.search.bm25.b)
+        engine.save(out / "bm25")
+        stats["bm25_documents"] = len(engine.docs)
+    tracker.log_metrics({k: float(v) for k, v in stats.items()})
+    return stats

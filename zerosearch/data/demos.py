@@ -1,0 +1,72 @@
+"""Formatted demonstrations of the search protocol, for pretraining the tiny base policy.
+
+Each demonstration is a prompt (``prompts.policy_prompt``) followed by a trajectory: think,
+search with the subject and the relation, read real BM25 results, (for two-hop questions)
+search again for the intermediate entity, answer. Demonstrations come from a separate
+*demo world* (``demo_world``: another seed, thousands of fresh names) and in-domain templates
+only, so the policy learns the protocol and to copy names from the question and the
+documents, not the test facts. A fraction answers straight away without searching (a wrong
+guess), so the base policy is imperfect in the way RL should fix.
+"""
+
+from __future__ import annotations
+
+import random
+
+from zerosearch.data.tinyworld import (RELATION_QUERY_WORDS, SINGLE_HOP, TWO_HOP, Entity, Template, World,
+                                       build_corpus, build_world)
+from zerosearch.prompts import information_block, policy_prompt
+from zerosearch.search.base import SearchEngine
+from zerosearch.sft import Segment
+
+_QUERY_FORMS = ["{s} {r}", "{r} of {s}", "{s} {r}", "{s}"]
+
+
+def _query(rng: random.Random, subject: str, relation: str) -> str:
+    return rng.choice(_QUERY_FORMS).format(s=subject, r=RELATION_QUERY_WORDS[relation])
+
+
+def demonstration(
+    world: World, subject: Entity, template: Template, engine: SearchEngine, rng: random.Random,
+    guess_fraction: float,
+) -> list[Segment]:
+    """One prompt + trajectory for (subject, template), as segments: the prompt and the
+    retrieved documents are not trained on (as in RL's state masking), the rest is."""
+    chain = world.follow(subject, template.path)
+    answer = World.answer_aliases(chain[-1])[0]
+    segments: list[Segment] = [(policy_prompt(template.text.format(s=subject.name)), False)]
+    if rng.random() < guess_fraction:
+        same_type = [e for e in world.entities if isinstance(chain[-1], Entity) and e.type == chain[-1].type]
+        guess = rng.choice(same_type).name if same_type else answer
+        return segments + [(f"<think> I think I know this. </think>\n<answer> {guess} </answer>", True)]
+    node_name = subject.name
+    for hop, relation in enumerate(template.path):
+        word = RELATION_QUERY_WORDS[relation]
+        lead = "I need" if hop == 0 else f"The answer so far is {node_name}. Now I need"
+        query = _query(rng, node_name, relation)
+        docs = engine.search([query])[0]
+        segments.append((f"<think> {lead} the {word} of {node_name}. </think>\n<search> {query} </search>", True))
+        segments.append((information_block(docs), False))
+        value = chain[hop]
+        node_name = value.name if isinstance(value, Entity) else str(value)
+    final = f"<think> The {RELATION_QUERY_WORDS[template.path[-1]]} is {answer}. </think>\n<answer> {answer} </answer>"
+    return segments + [(final, True)]
+
+
+DEMO_SEED_OFFSET = 1_000_003  # the demo world's seed is the run's seed plus this
+
+
+def demo_world(seed: int, n_entities: int) -> tuple[World, list[dict[str, str]]]:
+    """A separate world for demonstrations, and its corpus."""
+    world = build_world(seed + DEMO_SEED_OFFSET, n_entities)
+    return world, build_corpus(world, seed + DEMO_SEED_OFFSET)
+
+
+def protocol_demos(
+    world: World, engine: SearchEngine, n: int, seed: int, guess_fraction: float = 0.1,
+) -> list[list[Segment]]:
+    """``n`` demonstrations over ``world`` (searched with ``engine``), one- and two-hop
+    in-domain templates."""
+    rng = random.Random(seed + 4)
+    pairs = [(e, t) for t in SINGLE_HOP + TWO_HOP for e in world.entities if e.type == t.subject_type]
+    return [demonstration(world, *rng.choice(pairs), engine, rng, guess_fraction) for _ in range(n)]

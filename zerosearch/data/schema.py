@@ -1,0 +1,175 @@
+"""The one row format every stage reads.
+
+A QA row is ``{id, question, golden_answers, data_source, split}``: ``golden_answers`` is a
+non-empty list of strings (aliases), ``data_source`` names the benchmark (``nq``,
+``tinyworld_single``...). Corpus documents are ``{id, title, text}`` (jsonl). Files are
+written atomically (temp file + rename) and deterministically (same rows -> same bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+QA_COLUMNS = ("id", "question", "golden_answers", "data_source", "split")
+QA_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("question", pa.string()),
+        ("golden_answers", pa.list_(pa.string())),
+        ("data_source", pa.string()),
+        ("split", pa.string()),
+    ]
+)
+
+
+class MalformedRowError(ValueError):
+    """A row that cannot be normalized; the message names the file and the row."""
+
+
+def _as_answer_list(value: Any) -> list[str] | None:
+    """Lists, tuples and numpy arrays of strings become a list; anything else is None."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        return None
+    if not all(isinstance(a, str) for a in value):
+        return None
+    answers = [a.strip() for a in value if a.strip()]
+    return answers or None
+
+
+def normalize_row(
+    raw: Mapping[str, Any],
+    *,
+    source: str,
+    row_index: int,
+    data_source: str,
+    split: str,
+) -> dict[str, Any]:
+    """Return the normalized row or raise MalformedRowError naming ``source`` and the row."""
+    where = f"{source}, row {row_index}"
+    question = raw.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise MalformedRowError(f"{where}: missing or empty 'question'")
+    if "golden_answers" not in raw:
+        raise MalformedRowError(f"{where}: missing 'golden_answers'")
+    answers = _as_answer_list(raw["golden_answers"])
+    if answers is None:
+        raise MalformedRowError(
+            f"{where}: 'golden_answers' must be a non-empty list of strings, "
+            f"got {raw['golden_answers']!r}"
+        )
+    row_id = raw.get("id")
+    row_id = str(row_id) if row_id not in (None, "") else f"{data_source}-{split}-{row_index}"
+    return {
+        "id": row_id,
+        "question": question.strip(),
+        "golden_answers": answers,
+        "data_source": str(raw.get("data_source") or data_source),
+        "split": split,
+    }
+
+
+def normalize_rows(
+    raws: Iterable[Mapping[str, Any]],
+    *,
+    source: str,
+    data_source: str,
+    split: str,
+    skip_malformed: bool = False,
+) -> tuple[list[dict[str, Any]], int]:
+    """Normalize every row; returns (rows, n_skipped). Raises on the first bad row unless
+    ``skip_malformed``, in which case bad rows are counted and dropped."""
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    for i, raw in enumerate(raws):
+        try:
+            rows.append(
+                normalize_row(raw, source=source, row_index=i, data_source=data_source, split=split)
+            )
+        except MalformedRowError:
+            if not skip_malformed:
+                raise
+            skipped += 1
+    return rows, skipped
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
+def write_qa_parquet(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write QA rows as parquet, atomically; same rows give the same bytes."""
+    path = Path(path)
+    table = pa.Table.from_pylist([{k: r[k] for k in QA_COLUMNS} for r in rows], schema=QA_SCHEMA)
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_qa_parquet(path: str | Path) -> list[dict[str, Any]]:
+    """Read a QA parquet written by ``write_qa_parquet`` (or any file with those columns)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"QA file not found: {path}")
+    table = pq.read_table(path)
+    missing = [c for c in QA_COLUMNS if c not in table.column_names]
+    if missing:
+        raise MalformedRowError(f"{path}: missing columns {missing}")
+    return table.select(list(QA_COLUMNS)).to_pylist()
+
+
+def write_jsonl(records: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write records as jsonl (sorted keys, utf-8), atomically."""
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read jsonl; a bad line raises naming the file and the line number."""
+    path = Path(path)
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise MalformedRowError(f"{path}, line {n}: not valid JSON ({e.msg})") from e
+    return out
+
+
+def read_corpus(path: str | Path) -> list[dict[str, str]]:
+    """Read a jsonl corpus of ``{id, title, text}`` documents; names the bad line."""
+    docs = read_jsonl(path)
+    for n, d in enumerate(docs, start=1):
+        if not isinstance(d.get("text"), str) or not d["text"].strip():
+            raise MalformedRowError(f"{path}, document {n}: missing or empty 'text'")
+        d.setdefault("title", "")
+        d.setdefault("id", str(n - 1))
+    return docs

@@ -1,0 +1,112 @@
+"""Tiny model and tokenizer factory, and loading of HF checkpoints (safetensors only).
+
+The tiny world's models are built offline: a byte-level BPE tokenizer trained locally with
+``tokenizers`` (the protocol tags are single tokens), wrapped as ``PreTrainedTokenizerFast``
+with a chat template, and a small Qwen2-architecture causal LM.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from zerosearch.config import ModelShape
+
+PROTOCOL_TAGS = ["<think>", "</think>", "<search>", "</search>", "<information>", "</information>",
+                 "<answer>", "</answer>"]
+EOS, PAD, IM_START, IM_END = "<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = [EOS, PAD, IM_START, IM_END, *PROTOCOL_TAGS]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``texts``; tags and chat markers are single tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=[IM_START, IM_END, *PROTOCOL_TAGS],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=4096,
+        padding_side="left",
+    )
+
+
+def tiny_causal_lm(shape: ModelShape, vocab_size: int, tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen2ForCausalLM:
+    """A randomly initialized Qwen2 causal LM of the given shape (tied embeddings)."""
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        intermediate_size=shape.intermediate_size,
+        max_position_embeddings=shape.max_position,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def resolve_model_path(name: str) -> str:
+    """Check that a model exists before loading it: a local directory with a ``config.json``,
+    or a hub id that is in the HF cache (or downloadable when online). Returns a local
+    directory when one is known, else the hub id. Raises FileNotFoundError saying what to do."""
+    if Path(name).is_dir():
+        if not (Path(name) / "config.json").exists():
+            raise FileNotFoundError(f"{name} is a directory but has no config.json: not an HF model")
+        return name
+    if name.startswith((".", "/")) or name.count("/") != 1:
+        raise FileNotFoundError(f"model directory {name} does not exist (run the stage that builds it)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(name, allow_patterns=["*.json"], local_files_only=True)
+    except LocalEntryNotFoundError:
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise FileNotFoundError(
+                f"model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1: "
+                f"download it first (`hf download {name}`) or point the config at a local directory"
+            ) from None
+        return name  # online: from_pretrained downloads it
+
+
+def load_model(name: str, *, dtype: torch.dtype | None = None, trust_remote_code: bool = False):
+    """Load a causal LM and its tokenizer (safetensors only) from a directory or hub id."""
+    resolve_model_path(name)
+    model = AutoModelForCausalLM.from_pretrained(
+        name, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

@@ -1,0 +1,154 @@
+"""Experiment tracking: MLflow runs (one parent run per pipeline run, a nested run per stage)
+and the metrics/plots files DVC declares. ``NullTracker`` for tests and library use.
+
+The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else a sqlite file ``mlflow.db`` in the
+working directory. Stages of one pipeline run find their parent run through
+``ZEROSEARCH_PARENT_RUN_ID`` when set, else by a key of (git revision, params file hash), so
+the separate processes ``dvc repro`` starts end up under one parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+class NullTracker:
+    """Accepts every call and records nothing."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+    def log_artifact(self, path: str | Path) -> None: ...
+
+
+class MemoryTracker(NullTracker):
+    """Keeps what is logged in lists; handy in tests."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self.metrics: list[tuple[int | None, dict[str, float]]] = []
+        self.artifacts: list[str] = []
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.params.update(params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+    def log_artifact(self, path: str | Path) -> None:
+        self.artifacts.append(str(path))
+
+
+class MlflowTracker(NullTracker):
+    """Logs to the active MLflow run."""
+
+    def __init__(self, mlflow_module) -> None:
+        self.mlflow = mlflow_module
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: str | Path) -> None:
+        self.mlflow.log_artifact(str(path))
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def pipeline_key(params_file: str | Path) -> str:
+    digest = hashlib.sha256(Path(params_file).read_bytes()).hexdigest()[:12] if Path(params_file).exists() else "none"
+    return f"{git_revision()[:12]}-{digest}"
+
+
+def _parent_run_id(mlflow, experiment_id: str, key: str) -> str:
+    if os.environ.get("ZEROSEARCH_PARENT_RUN_ID"):
+        return os.environ["ZEROSEARCH_PARENT_RUN_ID"]
+    found = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`zerosearch.pipeline_key` = '{key}'",
+        max_results=1,
+        output_format="list",
+    )
+    if found:
+        return found[0].info.run_id
+    run = mlflow.MlflowClient().create_run(
+        experiment_id,
+        tags={"zerosearch.pipeline_key": key, "mlflow.runName": f"pipeline-{key}",
+              "git_revision": git_revision()},
+    )
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, config, params_file: str | Path = "params.yaml") -> Iterator[NullTracker]:
+    """An MLflow run for one stage, nested under the pipeline run; yields a tracker.
+
+    Set ``ZEROSEARCH_TRACKING=off`` to log nothing (a ``NullTracker`` is yielded)."""
+    if os.environ.get("ZEROSEARCH_TRACKING", "").lower() == "off":
+        yield NullTracker()
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+    experiment = mlflow.set_experiment(config.base.mlflow_experiment)
+    parent = _parent_run_id(mlflow, experiment.experiment_id, pipeline_key(params_file))
+    tags = {"stage": stage, "git_revision": git_revision()}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    with mlflow.start_run(run_id=parent, experiment_id=experiment.experiment_id):
+        with mlflow.start_run(run_name=stage, nested=True, tags=tags):
+            tracker = MlflowTracker(mlflow)
+            tracker.log_params(flatten(config.model_dump()))
+            yield tracker
+
+
+def write_json(data: Mapping[str, Any], path: str | Path) -> Path:
+    """Write a metrics JSON (sorted keys), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_csv(rows: list[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write a DVC plots CSV (header from the first row), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["step"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path
