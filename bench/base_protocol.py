@@ -31,7 +31,7 @@ from zerosearch.search.bm25 import BM25Engine
 ACTION_RE = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
 
 
-def run(params: str, n: int, max_turns: int, max_new_tokens: int, seed: int) -> dict:
+def run(params: str, n: int, max_turns: int, max_new_tokens: int, seed: int, show_invalid: int = 0) -> dict:
     cfg = load_config(params)
     model, tok = load_model(cfg.base.policy_model)
     engine = BM25Engine.load(cfg.path("data") / "bm25", top_k=cfg.search.top_k)
@@ -60,6 +60,9 @@ def run(params: str, n: int, max_turns: int, max_new_tokens: int, seed: int) -> 
                 turns += 1
                 m = ACTION_RE.search(gen)
                 if m is None:
+                    if show_invalid > 0:
+                        show_invalid -= 1
+                        print(f"[invalid turn, {bench}] {gen!r}")
                     texts[i] += INVALID_ACTION
                     still.append(i)
                     continue
@@ -81,11 +84,12 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--n", type=int, default=100, help="questions per benchmark")
     ap.add_argument("--max-turns", type=int, default=4)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--show-invalid", type=int, default=0, help="print this many malformed turns")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    rows = run(args.params, args.n, args.max_turns, args.max_new_tokens, args.seed)
+    rows = run(args.params, args.n, args.max_turns, args.max_new_tokens, args.seed, args.show_invalid)
     cfg = load_config(args.params)
     manifest = cfg.path("models") / "base" / "manifest.json"
     base = json.loads(manifest.read_text()) if manifest.exists() else {}

@@ -30,8 +30,11 @@ def demonstration(
     world: World, subject: Entity, template: Template, engine: SearchEngine, rng: random.Random,
     guess_fraction: float,
 ) -> list[Segment]:
-    """One prompt + trajectory for (subject, template), as segments: the prompt and the
-    retrieved documents are not trained on (as in RL's state masking), the rest is."""
+    """One prompt + trajectory for (subject, template), as segments. The prompt and the
+    ``<information>`` tags are not trained on, so the policy never learns to write them. The
+    documents inside are, unlike RL's state masking: in pretraining they are free extra
+    signal for copying names (titles repeat in the text), which the tiny policy must learn
+    before it can read answers off the documents."""
     chain = world.follow(subject, template.path)
     answer = World.answer_aliases(chain[-1])[0]
     segments: list[Segment] = [(policy_prompt(template.text.format(s=subject.name)), False)]
@@ -46,7 +49,10 @@ def demonstration(
         query = _query(rng, node_name, relation)
         docs = engine.search([query])[0]
         segments.append((f"<think> {lead} the {word} of {node_name}. </think>\n<search> {query} </search>", True))
-        segments.append((information_block(docs), False))
+        block = information_block(docs)
+        opening, closing = "\n<information>\n", "\n</information>\n"
+        assert block.startswith(opening) and block.endswith(closing)
+        segments += [(opening, False), (block[len(opening):-len(closing)], True), (closing, False)]
         value = chain[hop]
         node_name = value.name if isinstance(value, Entity) else str(value)
     final = f"<think> The {RELATION_QUERY_WORDS[template.path[-1]]} is {answer}. </think>\n<answer> {answer} </answer>"

@@ -1,0 +1,54 @@
+import yaml
+from typer.testing import CliRunner
+
+from tests.conftest import REPO, micro_overrides
+from zerosearch.cli import app
+from zerosearch.data.build import build_data
+from zerosearch.config import load_config
+
+
+def micro_params_file(tmp_path):
+    """A params file on disk with the micro overrides applied (for commands without --set)."""
+    cfg = load_config(REPO / "params.yaml", micro_overrides(tmp_path))
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    return path, cfg
+
+
+def test_help_lists_stages():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for cmd in ("data", "base", "pipeline", "config", "world"):
+        assert cmd in result.output
+    for cmd in ("data", "base"):
+        sub = CliRunner().invoke(app, [cmd, "--help"])
+        assert "--params" in sub.output and "--set" in sub.output
+
+
+def test_world_show_prints_entities_docs_and_questions(tmp_path):
+    params, cfg = micro_params_file(tmp_path)
+    build_data(cfg)
+    result = CliRunner().invoke(app, ["world", "show", "--params", str(params), "--n", "2"])
+    assert result.exit_code == 0, result.output
+    assert "doc" in result.output and "train (150 questions)" in result.output
+    assert "tiny_ood (30 questions)" in result.output
+    from zerosearch.base_models import load_world
+
+    world, _ = load_world(cfg.path("data"))
+    name = world.of_type("city")[0].name
+    one = CliRunner().invoke(app, ["world", "show", "--params", str(params), "--entity", name])
+    assert one.exit_code == 0 and name in one.output and "(city, " in one.output
+    missing = CliRunner().invoke(app, ["world", "show", "--params", str(params), "--entity", "Nobody"])
+    assert missing.exit_code == 2
+
+
+def test_world_show_without_data_is_a_clear_error(tmp_path):
+    params, _ = micro_params_file(tmp_path)
+    result = CliRunner().invoke(app, ["world", "show", "--params", str(params)])
+    assert result.exit_code == 2 and "run `zerosearch data` first" in result.output
+
+
+def test_config_show_applies_overrides():
+    result = CliRunner().invoke(app, ["config", "show", "--params", str(REPO / "params.yaml"),
+                                      "--set", "train.algorithm=ppo"])
+    assert result.exit_code == 0 and yaml.safe_load(result.output)["train"]["algorithm"] == "ppo"
