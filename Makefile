@@ -1,11 +1,11 @@
 # The two commands a new user needs:  make run  (the whole pipeline)  and  make test.
 # Both create .venv and install the project first. On CPU machines torch is pinned to the
 # CPU wheel (an unpinned torch pulls several GB of CUDA packages); on GPU machines use
-#   make install TORCH_SPEC=torch EXTRAS=dev,gpu
+#   make install TORCH_SPEC=torch EXTRAS=dev,dense,gpu
 VENV ?= .venv
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev
+EXTRAS ?= dev,dense
 BIN := $(abspath $(VENV))/bin
 
 .PHONY: install run test test-slow clean

@@ -20,11 +20,15 @@ MICRO = [
     "tiny_models.vocab_size=600",
     "tiny_models.n_demos=40",
     "tiny_models.demo_entities=100",
-    *[f"tiny_models.{m}.{k}={v}" for m in ("policy", "simulator")
-      for k, v in {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
-                   "intermediate_size": 64, "max_position": 512}.items()],
-    *[f"tiny_models.{r}.{k}={v}" for r in ("policy_pretrain", "simulator_pretrain")
+    *[f"tiny_models.policy.{k}={v}" for k, v in {"hidden_size": 32, "num_layers": 1, "num_heads": 2,
+                                                 "num_kv_heads": 1, "intermediate_size": 64,
+                                                 "max_position": 512}.items()],
+    *[f"{r}.{k}={v}" for r in ("tiny_models.policy_pretrain", "tiny_models.simulator_pretrain", "simulator_sft.train")
       for k, v in {"steps": 2, "batch_size": 2, "seq_len": 64, "warmup_steps": 1}.items()],
+    "simulator_sft.n_questions=24",
+    "train.max_turns=2",
+    "train.max_response_tokens=12",
+    "train.max_obs_tokens=128",
 ]
 
 

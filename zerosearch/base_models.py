@@ -2,13 +2,15 @@
 
 Run it with ``zerosearch base`` (or ``dvc repro base``). With ``tiny_models.build: true`` it
 trains a byte-level BPE tokenizer on the world, pretrains the policy on the corpus plus
-protocol demonstrations (from a separate demo world) and the simulator on the corpus, and saves both
+protocol demonstrations (from a separate demo world), continues pretraining a copy of it on
+the corpus as the simulator, and saves both
 in HF format (safetensors) at ``base.policy_model`` and ``base.simulator_model``. With
 ``build: false`` (paper presets) it checks that the named hub/local models resolve instead.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import shutil
@@ -76,7 +78,9 @@ def build_tiny_models(cfg: Config, tracker: NullTracker = NullTracker()) -> dict
     stats |= _pretrain("policy", policy, tokenizer, policy_texts, tm.policy_pretrain, cfg.base.seed, tracker, curve)
     save_atomically(policy, tokenizer, cfg.base.policy_model)
 
-    simulator = tiny_causal_lm(tm.simulator, len(tokenizer), tokenizer, cfg.base.seed + 1)
+    # The simulator starts from the pretrained policy, as the paper's simulators are fine-tuned
+    # from the policy's model family: it inherits the ability to copy names from its prompt.
+    simulator = copy.deepcopy(policy)
     stats |= _pretrain("simulator", simulator, tokenizer, documents, tm.simulator_pretrain, cfg.base.seed + 1, tracker, curve)
     save_atomically(simulator, tokenizer, cfg.base.simulator_model)
     write_csv([curve[s] for s in sorted(curve)], cfg.path("metrics") / "base_loss.csv")

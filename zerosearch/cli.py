@@ -23,7 +23,7 @@ from zerosearch.config import Config, ConfigError, load_config
 
 app = typer.Typer(
     help="ZeroSearch: train a search agent against a simulated search engine.\n\n"
-    "Stages: data -> base (tiny world only); `dvc repro` runs them all.",
+    "Stages: data -> base -> sft; `dvc repro` runs them all.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
@@ -74,6 +74,15 @@ def base(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
     from flows.base import base_flow
 
     _print_stats("base stage", base_flow(str(params), set or []))
+
+
+@app.command()
+def sft(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
+    """Simulator SFT stage: label base-policy searches useful/noisy, fine-tune the simulator."""
+    _config(params, set)
+    from flows.simulator_sft import simulator_sft_flow
+
+    _print_stats("simulator SFT stage", simulator_sft_flow(str(params), set or []))
 
 
 @app.command()

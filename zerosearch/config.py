@@ -99,11 +99,17 @@ class TinyModelsSection(_Section):
     build: bool
     vocab_size: Annotated[int, Field(ge=512)]
     policy: ModelShape
-    simulator: ModelShape
     policy_pretrain: PretrainRun
     simulator_pretrain: PretrainRun
     n_demos: PositiveInt
     demo_entities: Annotated[int, Field(ge=60)]
+
+    @model_validator(mode="after")
+    def _fits_context(self) -> TinyModelsSection:
+        for name in ("policy_pretrain", "simulator_pretrain"):
+            if getattr(self, name).seq_len > self.policy.max_position:
+                raise ValueError(f"{name}.seq_len must be <= policy.max_position")
+        return self
 
 
 class BM25Section(_Section):
@@ -147,6 +153,14 @@ class LoraSection(_Section):
     dropout: Probability
 
 
+class SimulatorSftSection(_Section):
+    enabled: bool
+    n_questions: PositiveInt
+    heldout_fraction: Annotated[float, Field(gt=0.0, lt=0.5)]
+    train: PretrainRun
+    lora: LoraSection
+
+
 class TrainSection(_Section):
     algorithm: Literal["grpo", "ppo", "reinforce_pp"]
     engine: Literal["bm25", "simulated", "hybrid"]
@@ -177,11 +191,19 @@ class Config(_Section):
     tiny_models: TinyModelsSection
     search: SearchSection
     simulator: SimulatorSection
+    simulator_sft: SimulatorSftSection
     train: TrainSection
 
     def path(self, name: str) -> Path:
         """A path from ``base.paths`` (``data``, ``models``, ``metrics``)."""
         return Path(getattr(self.base.paths, name))
+
+    def served_simulator(self) -> str:
+        """The simulator model to serve: the SFT stage's output when that stage runs, else
+        ``base.simulator_model`` (a released simulator or an instruct model)."""
+        if self.simulator_sft.enabled:
+            return str(self.path("models") / "simulator_sft")
+        return self.base.simulator_model
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -69,7 +69,11 @@ def tiny_causal_lm(shape: ModelShape, vocab_size: int, tokenizer: PreTrainedToke
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    return Qwen2ForCausalLM(config)
+    model = Qwen2ForCausalLM(config)
+    # Servers (transformers serve) sample only when the saved generation config says so.
+    model.generation_config.do_sample = True
+    model.generation_config.top_k = 0
+    return model
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -110,3 +114,15 @@ def load_model(name: str, *, dtype: torch.dtype | None = None, trust_remote_code
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token-id lists for batched generation: ``(ids, attention_mask)``, (B, max_len)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, s in enumerate(sequences):
+        if s:
+            ids[row, width - len(s):] = torch.tensor(s)
+            mask[row, width - len(s):] = 1
+    return ids, mask

@@ -28,6 +28,11 @@ def policy_prompt(question: str, tokenizer=None, *, chat: bool = False) -> str:
     return content
 
 
+NO_RESULTS = "No documents found."
+
+
 def information_block(docs: Sequence[Doc]) -> str:
-    """Retrieved documents as the policy sees them (state-masked in RL)."""
-    return f"\n<information>\n{format_docs(docs)}\n</information>\n"
+    """Retrieved documents as the policy sees them (state-masked in RL); an empty result
+    says so explicitly rather than leaving an empty block."""
+    body = format_docs(docs) if docs else NO_RESULTS
+    return f"\n<information>\n{body}\n</information>\n"

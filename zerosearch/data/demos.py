@@ -15,7 +15,7 @@ import random
 
 from zerosearch.data.tinyworld import (RELATION_QUERY_WORDS, SINGLE_HOP, TWO_HOP, Entity, Template, World,
                                        build_corpus, build_world)
-from zerosearch.prompts import information_block, policy_prompt
+from zerosearch.prompts import INVALID_ACTION, information_block, policy_prompt
 from zerosearch.search.base import SearchEngine
 from zerosearch.sft import Segment
 
@@ -26,15 +26,34 @@ def _query(rng: random.Random, subject: str, relation: str) -> str:
     return rng.choice(_QUERY_FORMS).format(s=subject, r=RELATION_QUERY_WORDS[relation])
 
 
+def _garble(rng: random.Random, name: str) -> str:
+    """A misspelled name: what a weak policy's query often looks like."""
+    cut = rng.randrange(1, max(2, len(name) - 1))
+    return (name[:cut] + name[cut + 1:]).strip() or name
+
+
+def _search_segments(query: str, engine: SearchEngine, thought: str, trained: bool) -> list[Segment]:
+    """think + search (trained or not) and the documents the engine returns for it."""
+    docs = engine.search([query])[0]
+    block = information_block(docs)
+    opening, closing = "\n<information>\n", "\n</information>\n"
+    return [(f"<think> {thought} </think>\n<search> {query} </search>", trained), (opening, False),
+            (block[len(opening):-len(closing)], True), (closing, False)]
+
+
 def demonstration(
     world: World, subject: Entity, template: Template, engine: SearchEngine, rng: random.Random,
-    guess_fraction: float,
+    guess_fraction: float = 0.1, recovery_fraction: float = 0.15,
 ) -> list[Segment]:
     """One prompt + trajectory for (subject, template), as segments. The prompt and the
     ``<information>`` tags are not trained on, so the policy never learns to write them. The
     documents inside are, unlike RL's state masking: in pretraining they are free extra
     signal for copying names (titles repeat in the text), which the tiny policy must learn
-    before it can read answers off the documents."""
+    before it can read answers off the documents.
+
+    With ``recovery_fraction`` a hop first goes wrong, untrained: a misspelled query (whose
+    results may be empty) or a turn with no action followed by the corrective message; the
+    trained continuation recovers. The policy learns to get back on track, not to err."""
     chain = world.follow(subject, template.path)
     answer = World.answer_aliases(chain[-1])[0]
     segments: list[Segment] = [(policy_prompt(template.text.format(s=subject.name)), False)]
@@ -46,13 +65,14 @@ def demonstration(
     for hop, relation in enumerate(template.path):
         word = RELATION_QUERY_WORDS[relation]
         lead = "I need" if hop == 0 else f"The answer so far is {node_name}. Now I need"
-        query = _query(rng, node_name, relation)
-        docs = engine.search([query])[0]
-        segments.append((f"<think> {lead} the {word} of {node_name}. </think>\n<search> {query} </search>", True))
-        block = information_block(docs)
-        opening, closing = "\n<information>\n", "\n</information>\n"
-        assert block.startswith(opening) and block.endswith(closing)
-        segments += [(opening, False), (block[len(opening):-len(closing)], True), (closing, False)]
+        thought = f"{lead} the {word} of {node_name}."
+        if rng.random() < recovery_fraction:
+            if rng.random() < 0.5:
+                segments += _search_segments(_query(rng, _garble(rng, node_name), relation), engine, thought, False)
+                thought = f"That search missed. I need the {word} of {node_name}."
+            else:
+                segments += [(f"<think> {thought} </think>\n", False), (INVALID_ACTION, False)]
+        segments += _search_segments(_query(rng, node_name, relation), engine, thought, True)
         value = chain[hop]
         node_name = value.name if isinstance(value, Entity) else str(value)
     final = f"<think> The {RELATION_QUERY_WORDS[template.path[-1]]} is {answer}. </think>\n<answer> {answer} </answer>"

@@ -1,0 +1,33 @@
+"""The simulator SFT stage as a Prefect flow (what ``zerosearch sft`` / ``dvc repro simulator_sft`` run).
+
+Collects (query, documents) pairs from base-policy rollouts against BM25, labels them
+useful/noisy, fine-tunes the simulator; writes ``metrics/simulator_sft.json`` and the loss
+curve ``metrics/simulator_sft_loss.csv``. With ``simulator_sft.enabled: false`` it records
+that the configured simulator is served as is.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks.common import load_config_task, write_metrics_task
+from tasks.simulator_sft import build_simulator_sft_task
+from zerosearch.tracking import stage_run, write_csv
+
+
+@flow(name="simulator_sft")
+def simulator_sft_flow(params: str = "params.yaml", overrides: list[str] | None = None) -> dict:
+    cfg = load_config_task(params, overrides)
+    if not cfg.simulator_sft.enabled:
+        stats = {"enabled": 0, "simulator_model": cfg.base.simulator_model}
+        write_csv([], cfg.path("metrics") / "simulator_sft_loss.csv")
+        (cfg.path("models") / "simulator_sft").mkdir(parents=True, exist_ok=True)
+    else:
+        with stage_run("simulator_sft", cfg, params) as tracker:
+            stats = build_simulator_sft_task(cfg, tracker)
+    write_metrics_task(stats, cfg.path("metrics") / "simulator_sft.json")
+    return stats
+
+
+if __name__ == "__main__":
+    simulator_sft_flow()

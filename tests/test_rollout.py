@@ -1,0 +1,138 @@
+"""The rollout state machine, with a scripted fake policy (exact masks) and the tiny model."""
+
+import pytest
+import torch
+
+from zerosearch.models import train_tokenizer
+from zerosearch.prompts import INVALID_ACTION, information_block, policy_prompt
+from zerosearch.rollout import HFGenerator, parse_action, run_rollouts
+from zerosearch.search.base import Doc
+
+
+@pytest.fixture(scope="module")
+def tok():
+    texts = ["Where was Kadmir born? Velora is a city. Kadmir Ostavel was born in Velora.",
+             "I need the birthplace. The answer is Velora. Zandoria country capital."] * 30
+    return train_tokenizer(texts, vocab_size=600)
+
+
+class ScriptedPolicy:
+    """Answers each context with the next scripted turn of its trajectory (by prompt)."""
+
+    def __init__(self, tok, scripts):
+        self.tok, self.scripts, self.calls = tok, scripts, []
+
+    def generate(self, contexts, max_new_tokens):
+        self.calls.append(len(contexts))
+        out = []
+        for ctx in contexts:
+            text = self.tok.decode(ctx)
+            key = next(q for q in self.scripts if f"Question: {q}\n" in text)
+            turn = self.scripts[key].pop(0)
+            out.append(self.tok(turn, add_special_tokens=False)["input_ids"][:max_new_tokens])
+        return out
+
+
+class RecordingEngine:
+    def __init__(self, noisy=False):
+        self.calls, self.noisy = [], noisy
+
+    def search(self, queries, *, questions=None, answers=None, step=0):
+        self.calls.append((list(queries), list(questions), step))
+        return [[Doc(f"T{q}", f"about {q}", noisy=self.noisy)] for q in queries]
+
+
+def ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_masks_are_exactly_the_policy_tokens(tok):
+    scripts = {
+        "Q1": ["<think> x </think><search> Velora </search>", "<answer> Velora </answer>"],
+        "Q2": ["I am confused", "<answer> Zandoria </answer>"],
+        "Q3": ["<answer> Kadmir </answer>"],
+    }
+    engine = RecordingEngine(noisy=True)
+    batch = run_rollouts(ScriptedPolicy(tok, {k: list(v) for k, v in scripts.items()}), tok, engine,
+                         ["Q1", "Q2", "Q3"], [["Velora"], ["Zandoria"], ["x"]],
+                         max_turns=4, max_response_tokens=64, max_obs_tokens=512, step=7)
+    # Q1: turn (policy) + docs (env) + turn (policy)
+    obs = ids(tok, information_block([Doc("TVelora", "about Velora", noisy=True)]))
+    t1, t2 = ids(tok, scripts["Q1"][0]), ids(tok, scripts["Q1"][1])
+    expected_q1 = [(i, 1) for i in t1] + [(i, 0) for i in obs] + [(i, 1) for i in t2]
+    # Q2: invalid turn (policy) + corrective message (env) + answer (policy)
+    bad, fix, ans = ids(tok, scripts["Q2"][0]), ids(tok, INVALID_ACTION), ids(tok, scripts["Q2"][1])
+    expected_q2 = [(i, 1) for i in bad] + [(i, 0) for i in fix] + [(i, 1) for i in ans]
+    for row, expected, question in ((0, expected_q1, "Q1"), (1, expected_q2, "Q2")):
+        p = int(batch.prompt_lengths[row])
+        assert p == len(ids(tok, policy_prompt(question)))
+        n = p + len(expected)
+        assert batch.input_ids[row, p:n].tolist() == [i for i, _ in expected]
+        assert batch.loss_mask[row, p:n].tolist() == [m for _, m in expected]
+        assert batch.loss_mask[row, :p].sum() == 0 and batch.loss_mask[row, n:].sum() == 0
+        assert batch.attention_mask[row].sum() == n
+    assert batch.answers == ["Velora", "Zandoria", "Kadmir"]
+    assert batch.num_searches.tolist() == [1, 0, 0]
+    assert [t.invalid_actions for t in batch.trajectories] == [0, 1, 0]
+    assert batch.trajectories[0].noisy == [True]
+    # one batched engine call, with the step and the original question
+    assert engine.calls == [(["Velora"], ["Q1"], 7)]
+    stats = batch.stats()
+    assert stats["searches_per_trajectory"] == pytest.approx(1 / 3)
+    assert stats["noisy_fraction"] == 1.0 and stats["answered_fraction"] == 1.0
+
+
+def test_all_pending_queries_go_in_one_call_per_turn_and_max_turns_stops(tok):
+    scripts = {q: ["<search> a </search>"] * 5 for q in ("Q1", "Q2", "Q3")}
+    engine = RecordingEngine()
+    policy = ScriptedPolicy(tok, scripts)
+    batch = run_rollouts(policy, tok, engine, ["Q1", "Q2", "Q3"], [["a"]] * 3,
+                         max_turns=2, max_response_tokens=64, max_obs_tokens=512)
+    assert [len(c[0]) for c in engine.calls] == [3, 3]  # one batched call per turn
+    assert policy.calls == [3, 3]
+    assert batch.answers == [None, None, None]
+    assert all(t.turns == 2 and t.searches == 2 for t in batch.trajectories)
+
+
+def test_first_action_of_a_turn_wins_and_parse_action():
+    assert parse_action("<search> a </search><answer> b </answer>") == ("search", "a")
+    assert parse_action("<think>..</think>\n<answer>\n X \n</answer>") == ("answer", "X")
+    assert parse_action("<search> unclosed") is None
+    assert parse_action("<search>a</answer>") is None
+
+
+def test_observations_are_truncated_to_the_budget(tok):
+    class LongDocs:
+        def search(self, queries, **_):
+            return [[Doc("T", "Velora " * 300)] for _ in queries]
+
+    scripts = {"Q1": ["<search> Velora </search>", "<answer> V </answer>"]}
+    batch = run_rollouts(ScriptedPolicy(tok, scripts), tok, LongDocs(), ["Q1"], [["V"]],
+                         max_turns=3, max_response_tokens=64, max_obs_tokens=40)
+    t = batch.trajectories[0]
+    assert t.truncated_observations == 1
+    obs_len = int((batch.loss_mask[0] == 0).sum() - batch.prompt_lengths[0] - (batch.attention_mask[0] == 0).sum())
+    assert obs_len == 40
+    assert tok.decode(t.response_ids).count("</information>") == 1
+
+
+def test_real_tiny_model_rollout_shapes_and_masks(tok):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
+                                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    gen = HFGenerator(model, tok, temperature=1.0)
+    batch = run_rollouts(gen, tok, RecordingEngine(), ["Where was Kadmir born?"] * 4, [["Velora"]] * 4,
+                         max_turns=2, max_response_tokens=12, max_obs_tokens=64)
+    b, length = batch.input_ids.shape
+    assert b == 4 and batch.loss_mask.shape == (b, length)
+    for i, t in enumerate(batch.trajectories):
+        assert 1 <= t.turns <= 2
+        policy_tokens = batch.loss_mask[i].sum().item()
+        assert 1 <= policy_tokens <= 2 * 12
+        assert policy_tokens == sum(t.loss_mask)
+        # every masked-in token is inside the attended region and after the prompt
+        assert (batch.loss_mask[i] <= batch.attention_mask[i]).all()
+        assert batch.loss_mask[i, : int(batch.prompt_lengths[i])].sum() == 0

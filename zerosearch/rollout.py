@@ -1,0 +1,254 @@
+"""The multi-turn search rollout: the policy writes, the engine answers, until an answer.
+
+Per turn, every unfinished trajectory of the batch generates until ``</search>``,
+``</answer>`` or end of text (one batched ``generate`` call); the first ``<search>`` or
+``<answer>`` block of the turn is its action. All pending queries of the batch go to the
+engine in ONE batched call with the current training step (the simulator's curriculum
+depends on it); the documents are appended inside ``<information>``; a turn with no action
+gets the corrective message. After ``max_turns`` turns unfinished trajectories stop without
+an answer.
+
+State masking: the loss mask is 1 exactly on tokens the policy sampled. Prompt tokens,
+``<information>`` blocks and corrective messages are context the policy did not write, so
+they carry mask 0 and never enter the policy (or value) loss.
+
+Token ids are kept as generated (never re-tokenized), so log-probs computed later on
+``input_ids`` are those of the sampled tokens.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+
+from zerosearch.models import left_pad
+from zerosearch.prompts import INVALID_ACTION, information_block, policy_prompt
+from zerosearch.search.base import Doc, SearchEngine
+
+ACTION_RE = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
+
+
+class Generator(Protocol):
+    """Continues token-id contexts by one turn; returns only the new ids per context,
+    ending with the stop token when generation stopped on one."""
+
+    def generate(self, contexts: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]: ...
+
+
+@dataclass
+class Trajectory:
+    """One rollout's state while the loop runs."""
+
+    question: str
+    golden_answers: list[str]
+    prompt_ids: list[int]
+    response_ids: list[int] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)  # aligned with response_ids
+    status: Literal["generating", "searching", "done"] = "generating"
+    pending_query: str | None = None
+    answer: str | None = None
+    turns: int = 0
+    searches: int = 0
+    invalid_actions: int = 0
+    noisy: list[bool | None] = field(default_factory=list)  # per search: docs asked noisy?
+    truncated_observations: int = 0
+    hit_length_limit: int = 0  # turns that ran out of max_new_tokens without stopping
+
+    def append(self, ids: list[int], trained: bool) -> None:
+        self.response_ids.extend(ids)
+        self.loss_mask.extend([int(trained)] * len(ids))
+
+    @property
+    def context(self) -> list[int]:
+        return self.prompt_ids + self.response_ids
+
+
+@dataclass
+class RolloutBatch:
+    """Rollouts of a batch, right-padded to one length L = prompt + response.
+
+    input_ids:      (B, L) prompt then response tokens, pad after
+    attention_mask: (B, L) 1 on real tokens
+    loss_mask:      (B, L) 1 exactly on tokens the policy sampled
+    prompt_lengths: (B,)
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
+    prompt_lengths: torch.Tensor
+    trajectories: list[Trajectory]
+
+    @property
+    def answers(self) -> list[str | None]:
+        return [t.answer for t in self.trajectories]
+
+    @property
+    def num_searches(self) -> torch.Tensor:  # (B,)
+        return torch.tensor([t.searches for t in self.trajectories])
+
+    def stats(self) -> dict[str, float]:
+        """Batch means for logging."""
+        ts = self.trajectories
+        n = max(1, len(ts))
+        noisy = [x for t in ts for x in t.noisy if x is not None]
+        return {
+            "searches_per_trajectory": sum(t.searches for t in ts) / n,
+            "turns_per_trajectory": sum(t.turns for t in ts) / n,
+            "invalid_actions_per_trajectory": sum(t.invalid_actions for t in ts) / n,
+            "answered_fraction": sum(t.answer is not None for t in ts) / n,
+            "response_tokens": float(self.loss_mask.sum()) / n,
+            "truncated_observations": float(sum(t.truncated_observations for t in ts)),
+            "turns_hit_length_limit": float(sum(t.hit_length_limit for t in ts)),
+            "noisy_fraction": sum(noisy) / len(noisy) if noisy else 0.0,
+        }
+
+
+def parse_action(text: str) -> tuple[str, str] | None:
+    """The first ``<search>``/``<answer>`` block of a turn as (kind, content), or None."""
+    m = ACTION_RE.search(text)
+    return (m.group(1), m.group(2).strip()) if m else None
+
+
+def run_rollouts(
+    generator: Generator,
+    tokenizer,
+    engine: SearchEngine,
+    questions: Sequence[str],
+    golden_answers: Sequence[Sequence[str]],
+    *,
+    max_turns: int,
+    max_response_tokens: int,
+    max_obs_tokens: int,
+    step: int = 0,
+    chat: bool = False,
+) -> RolloutBatch:
+    """Roll out one trajectory per question (repeat questions for a group)."""
+    trajs = [
+        Trajectory(q, list(g), tokenizer(policy_prompt(q, tokenizer, chat=chat), add_special_tokens=False)["input_ids"])
+        for q, g in zip(questions, golden_answers, strict=True)
+    ]
+    for turn in range(max_turns):
+        active = [t for t in trajs if t.status == "generating"]
+        if not active:
+            break
+        outputs = generator.generate([t.context for t in active], max_response_tokens)
+        for t, new_ids in zip(active, outputs, strict=True):
+            _take_turn(t, new_ids, tokenizer, max_response_tokens, last_turn=turn == max_turns - 1)
+        _answer_searches([t for t in trajs if t.status == "searching"], engine, tokenizer, max_obs_tokens, step)
+    for t in trajs:
+        t.status = "done"
+    return _collate(trajs, tokenizer.pad_token_id)
+
+
+def _take_turn(t: Trajectory, new_ids: list[int], tokenizer, max_new: int, last_turn: bool) -> None:
+    t.turns += 1
+    t.append(new_ids, trained=True)
+    text = tokenizer.decode(new_ids, skip_special_tokens=False)
+    action = parse_action(text)
+    if len(new_ids) >= max_new and action is None:
+        t.hit_length_limit += 1
+    if action is None:
+        t.invalid_actions += 1
+        # The corrective message is the environment speaking: context, not policy output.
+        t.append(tokenizer(INVALID_ACTION, add_special_tokens=False)["input_ids"], trained=False)
+        t.status = "done" if last_turn else "generating"
+    elif action[0] == "answer":
+        t.answer, t.status = action[1], "done"
+    else:
+        t.pending_query, t.status = action[1], "searching"
+
+
+def _answer_searches(pending: list[Trajectory], engine: SearchEngine, tokenizer, max_obs_tokens: int, step: int) -> None:
+    """One batched engine call for every pending query; documents go in with mask 0."""
+    if not pending:
+        return
+    results = engine.search(
+        [t.pending_query or "" for t in pending],
+        questions=[t.question for t in pending],
+        answers=[t.golden_answers for t in pending],
+        step=step,
+    )
+    for t, docs in zip(pending, results, strict=True):
+        t.searches += 1
+        t.noisy.append(_noisy_flag(docs))
+        # Retrieved documents are state, not actions: state masking keeps them out of the loss.
+        t.append(_observation_ids(docs, tokenizer, max_obs_tokens, t), trained=False)
+        t.pending_query = None
+        t.status = "generating"
+
+
+def _noisy_flag(docs: list[Doc]) -> bool | None:
+    flags = {d.noisy for d in docs}
+    return flags.pop() if len(flags) == 1 else None
+
+
+def _observation_ids(docs: list[Doc], tokenizer, max_obs_tokens: int, t: Trajectory) -> list[int]:
+    block = information_block(docs)
+    ids = tokenizer(block, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_obs_tokens:
+        return ids
+    t.truncated_observations += 1
+    closing = tokenizer("\n</information>\n", add_special_tokens=False)["input_ids"]
+    return ids[: max(0, max_obs_tokens - len(closing))] + closing
+
+
+def _collate(trajs: list[Trajectory], pad_id: int) -> RolloutBatch:
+    length = max(len(t.context) for t in trajs)
+    b = len(trajs)
+    input_ids = torch.full((b, length), pad_id, dtype=torch.long)
+    attention = torch.zeros((b, length), dtype=torch.long)
+    loss_mask = torch.zeros((b, length), dtype=torch.long)
+    for i, t in enumerate(trajs):
+        n, p = len(t.context), len(t.prompt_ids)
+        input_ids[i, :n] = torch.tensor(t.context)
+        attention[i, :n] = 1
+        loss_mask[i, p:n] = torch.tensor(t.loss_mask, dtype=torch.long)
+    prompt_lengths = torch.tensor([len(t.prompt_ids) for t in trajs])
+    return RolloutBatch(input_ids, attention, loss_mask, prompt_lengths, trajs)
+
+
+class HFGenerator:
+    """``Generator`` over a transformers causal LM: batched, left-padded, sampling, stops at
+    ``</search>``/``</answer>``/EOS (single tokens where the tokenizer has them, stop strings
+    otherwise)."""
+
+    def __init__(self, model, tokenizer, *, temperature: float = 1.0, top_p: float = 1.0, do_sample: bool = True):
+        self.model, self.tokenizer = model, tokenizer
+        self.sampling = {"do_sample": do_sample, "top_p": top_p, "top_k": 0}
+        if do_sample:
+            self.sampling["temperature"] = temperature
+        tag_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("</search>", "</answer>")]
+        single = all(i is not None and i != tokenizer.unk_token_id for i in tag_ids)
+        self.stop_ids = (tag_ids if single else []) + [tokenizer.eos_token_id]
+        self.stop_strings = None if single else ["</search>", "</answer>"]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    @torch.no_grad()
+    def generate(self, contexts: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
+        ids, mask = left_pad(list(contexts), self.pad_id)
+        width = ids.shape[1]
+        device = next(self.model.parameters()).device
+        out = self.model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+            eos_token_id=self.stop_ids, pad_token_id=self.pad_id, stop_strings=self.stop_strings,
+            tokenizer=self.tokenizer if self.stop_strings else None, **self.sampling,
+        )[:, width:].tolist()
+        return [self._cut(row) for row in out]
+
+    def _cut(self, row: list[int]) -> list[int]:
+        """Keep tokens up to and including the first stop token; drop padding."""
+        for i, tok in enumerate(row):
+            if tok in self.stop_ids:
+                return row[: i + 1]
+        if self.stop_strings:
+            text = ""
+            for i, tok in enumerate(row):
+                text += self.tokenizer.decode([tok])
+                if any(s in text for s in self.stop_strings):
+                    return row[: i + 1]
+        return [t for t in row if t != self.pad_id]
