@@ -141,6 +141,14 @@ class SimulatorSection(_Section):
     url: str | None
     tp: PositiveInt
     dp: PositiveInt
+    port: Annotated[int, Field(ge=0, le=65535)]
+    server_args: list[str]
+    startup_timeout: PositiveFloat
+    request_timeout: PositiveFloat
+    max_retries: Annotated[int, Field(ge=0)]
+    concurrency: PositiveInt
+    cache_dir: str | None
+    hybrid_real_fraction: Probability
     max_tokens: PositiveInt
     temperature: Annotated[float, Field(ge=0.0)]
     curriculum: CurriculumSection

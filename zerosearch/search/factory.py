@@ -1,0 +1,74 @@
+"""Build a search engine by name from the config: one place that knows every engine."""
+
+from __future__ import annotations
+
+from zerosearch.config import Config
+from zerosearch.search.base import SearchEngine
+
+ENGINES = ("bm25", "simulated", "hybrid", "dense", "web")
+
+
+def simulated_engine(cfg: Config, simulator_url: str, *, total_steps: int | None = None) -> SearchEngine:
+    """The simulated engine talking to the server at ``simulator_url`` (``.../v1``)."""
+    from zerosearch.search.client import SimulatorClient
+    from zerosearch.search.simulated import SimulatedEngine
+
+    sim = cfg.simulator
+    client = SimulatorClient(
+        simulator_url, model=cfg.served_simulator(), api="completions" if sim.mode == "sft" else "chat",
+        timeout=sim.request_timeout, max_retries=sim.max_retries, concurrency=sim.concurrency,
+        cache_dir=sim.cache_dir,
+    )
+    c = sim.curriculum
+    return SimulatedEngine(client, mode=sim.mode, top_k=cfg.search.top_k, max_tokens=sim.max_tokens,
+                           temperature=sim.temperature, p_start=c.p_start, p_end=c.p_end, base=c.base,
+                           total_steps=total_steps or cfg.train.total_steps, seed=cfg.base.seed)
+
+
+def real_engine(cfg: Config, name: str = "bm25") -> SearchEngine:
+    """A real engine: BM25 or dense over the data stage's corpus, or the web API."""
+    data = cfg.path("data")
+    if name == "bm25":
+        from zerosearch.search.bm25 import BM25Engine
+
+        return BM25Engine.load(data / "bm25", top_k=cfg.search.top_k)
+    if name == "dense":
+        from zerosearch.search.dense import DenseEngine
+
+        if (data / "dense").exists():
+            return DenseEngine.load(data / "dense", top_k=cfg.search.top_k)
+        from zerosearch.search.dense import default_model_path
+
+        return DenseEngine.from_corpus(data / "corpus.jsonl", model=default_model_path(), top_k=cfg.search.top_k)
+    if name == "web":
+        from zerosearch.search.web import WebSearchEngine
+
+        return WebSearchEngine(top_k=cfg.search.top_k)
+    raise ValueError(f"unknown real engine {name!r}; known: bm25, dense, web")
+
+
+def make_engine(cfg: Config, name: str, *, simulator_url: str | None = None,
+                total_steps: int | None = None) -> SearchEngine:
+    """Engine ``name`` (one of ENGINES); simulated and hybrid need a running simulator URL."""
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; known: {', '.join(ENGINES)}")
+    if name in ("simulated", "hybrid"):
+        if simulator_url is None:
+            raise ValueError(f"the {name} engine needs a simulator server URL (see zerosearch.serving)")
+        sim = simulated_engine(cfg, simulator_url, total_steps=total_steps)
+        if name == "simulated":
+            return sim
+        from zerosearch.search.hybrid import HybridEngine
+
+        return HybridEngine(sim, real_engine(cfg, "bm25"), real_fraction=cfg.simulator.hybrid_real_fraction,
+                            seed=cfg.base.seed)
+    return real_engine(cfg, name)
+
+
+def server_spec(cfg: Config):
+    """The ``ServerSpec`` that serves this config's simulator."""
+    from zerosearch.serving import ServerSpec
+
+    sim = cfg.simulator
+    return ServerSpec(backend=sim.backend, model=cfg.served_simulator(), port=sim.port, tp=sim.tp, dp=sim.dp,
+                      url=sim.url, extra_args=tuple(sim.server_args) if sim.backend == "transformers" else ())
