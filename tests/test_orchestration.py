@@ -86,9 +86,9 @@ def test_dvc_yaml_declares_stages_with_existing_params():
     """Every params key a stage declares exists in params.yaml; outs are the configured paths."""
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert list(dvc["stages"]) == ["data", "base"]
+    assert list(dvc["stages"]) == ["data", "base", "simulator_sft"]
     for name, stage in dvc["stages"].items():
-        assert stage["cmd"] == f"zerosearch {name}"
+        assert stage["cmd"] == f"zerosearch {name.replace('simulator_', '')}"
         for key in stage["params"]:
             node = params
             for part in key.split("."):

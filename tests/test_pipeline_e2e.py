@@ -1,6 +1,6 @@
 """End to end: `dvc repro` on a fresh copy of the repository with the default params.yaml
-(the real tiny world and models, ~5 minutes on 2 cores), then a second `dvc repro` that has
-nothing to do. Marked slow: `make test-slow` / `pytest -m slow`."""
+(the real tiny world and models, ~10 minutes on 2 cores), then a second `dvc repro` that has
+nothing to do, and a search answered by the served simulator. Marked slow: `make test-slow` / `pytest -m slow`."""
 
 import json
 import os
@@ -53,6 +53,8 @@ def test_dvc_repro_builds_everything_then_has_nothing_to_do(repo_copy):
     for name in ("policy", "simulator"):
         model = AutoModelForCausalLM.from_pretrained(repo / "models" / "base" / name)
         assert model.config.model_type == "qwen2"
+    sft = json.loads((repo / "metrics" / "simulator_sft.json").read_text())
+    assert sft["pairs_train"] > 0 and (repo / "models" / "simulator_sft" / "sft_heldout.jsonl").exists()
     second = run(["dvc", "repro"], repo, env)
     assert "didn't change" in second and "Running stage" not in second
     shown = run(["dvc", "metrics", "show", "--json"], repo, env)
@@ -67,7 +69,16 @@ def test_stage_runs_are_in_mlflow_under_one_parent(repo_copy):
     exp = client.get_experiment_by_name("zerosearch")
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert sorted(r.data.tags["stage"] for r in children) == ["base", "data"]
+    assert sorted(r.data.tags["stage"] for r in children) == ["base", "data", "simulator_sft"]
     assert len({r.data.tags["mlflow.parentRunId"] for r in children}) == 1
     base_run = next(r for r in children if r.data.tags["stage"] == "base")
     assert len(client.get_metric_history(base_run.info.run_id, "policy_loss")) > 100
+
+
+def test_served_simulator_answers_searches(repo_copy):
+    """`zerosearch serve --check`: transformers serve with the SFT simulator, one search."""
+    repo, env = repo_copy
+    out = run(["zerosearch", "serve", "--check"], repo, env)
+    assert "/v1" in out
+    n_docs = int(out.split("check: ")[1].split(" documents")[0])
+    assert n_docs >= 1

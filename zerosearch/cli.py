@@ -11,6 +11,7 @@ import json
 import random
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +24,7 @@ from zerosearch.config import Config, ConfigError, load_config
 
 app = typer.Typer(
     help="ZeroSearch: train a search agent against a simulated search engine.\n\n"
-    "Stages: data -> base -> sft; `dvc repro` runs them all.",
+    "Stages: data -> base -> sft; `dvc repro` runs them all. `zerosearch serve` serves the simulator.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
@@ -83,6 +84,41 @@ def sft(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
     from flows.simulator_sft import simulator_sft_flow
 
     _print_stats("simulator SFT stage", simulator_sft_flow(str(params), set or []))
+
+
+@app.command()
+def serve(
+    params: ParamsOpt = Path("params.yaml"),
+    set: SetOpt = None,
+    check: Annotated[bool, typer.Option("--check", help="Start, answer one sample query, stop.")] = False,
+) -> None:
+    """Serve the simulator (transformers serve on CPU, sglang/vLLM on GPUs, per params) until Ctrl-C."""
+    cfg = _config(params, set)
+    from zerosearch.search.factory import make_engine, server_spec
+    from zerosearch.serving import ServerStartError, serve_simulator
+
+    spec = server_spec(cfg)
+    try:
+        with serve_simulator(spec, startup_timeout=cfg.simulator.startup_timeout) as url:
+            console.print(f"simulator [bold]{spec.model}[/bold] ({spec.backend}) at [bold]{url}[/bold]")
+            if check:
+                engine = make_engine(cfg, "simulated", simulator_url=url)
+                docs = engine.search(["Velora country"], questions=["In which country is Velora?"],
+                                     answers=[["Zandoria"]], step=0)[0]
+                console.print(f"check: {len(docs)} documents for a sample query")
+                for d in docs:
+                    console.print(f"  {d.render()}", highlight=False)
+                if not docs:
+                    raise typer.Exit(1)
+                return
+            console.print("Ctrl-C to stop")
+            while True:
+                time.sleep(3600)
+    except ServerStartError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("stopped")
 
 
 @app.command()

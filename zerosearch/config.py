@@ -164,6 +164,7 @@ class LoraSection(_Section):
 class SimulatorSftSection(_Section):
     enabled: bool
     n_questions: PositiveInt
+    collect_temperature: PositiveFloat
     heldout_fraction: Annotated[float, Field(gt=0.0, lt=0.5)]
     train: PretrainRun
     lora: LoraSection

@@ -116,7 +116,7 @@ def build_simulator_sft(cfg: Config, tracker: NullTracker = NullTracker()) -> di
     random.Random(cfg.base.seed).shuffle(questions)
     engine = BM25Engine.load(cfg.path("data") / "bm25", top_k=cfg.search.top_k)
     policy, tok = load_model(cfg.base.policy_model)
-    pairs = collect_pairs(HFGenerator(policy, tok, temperature=1.0), tok, engine, questions[: s.n_questions], max_turns=cfg.train.max_turns,
+    pairs = collect_pairs(HFGenerator(policy, tok, temperature=s.collect_temperature), tok, engine, questions[: s.n_questions], max_turns=cfg.train.max_turns,
                           max_response_tokens=cfg.train.max_response_tokens, max_obs_tokens=cfg.train.max_obs_tokens)
     balanced = balance(pairs, cfg.base.seed)
     n_held = max(1, round(len(balanced) * s.heldout_fraction))

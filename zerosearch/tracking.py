@@ -58,7 +58,9 @@ class MlflowTracker(NullTracker):
         self.mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        # Asynchronous: a per-step sqlite write would slow the training loops; MLflow flushes
+        # the queue when the run ends.
+        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, synchronous=False)
 
     def log_artifact(self, path: str | Path) -> None:
         self.mlflow.log_artifact(str(path))

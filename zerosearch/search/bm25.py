@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from zerosearch.data.schema import read_corpus
 from zerosearch.search.base import Doc
 
 _DOCS_FILE = "docs.jsonl"
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every empty query at INFO
 
 
 def _doc_text(doc: dict) -> str:

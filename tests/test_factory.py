@@ -1,0 +1,35 @@
+import pytest
+
+from tests.conftest import micro_config
+from zerosearch.data.build import build_data
+from zerosearch.search.bm25 import BM25Engine
+from zerosearch.search.factory import make_engine, server_spec
+from zerosearch.search.hybrid import HybridEngine
+from zerosearch.search.simulated import SimulatedEngine
+
+
+def test_make_engine_by_name(tmp_path):
+    cfg = micro_config(tmp_path)
+    build_data(cfg)
+    assert isinstance(make_engine(cfg, "bm25"), BM25Engine)
+    sim = make_engine(cfg, "simulated", simulator_url="http://127.0.0.1:9/v1", total_steps=10)
+    assert isinstance(sim, SimulatedEngine) and sim.total_steps == 10
+    assert sim.completer.model == str(cfg.path("models") / "simulator_sft")  # the SFT stage's output
+    assert sim.completer.api == "completions" and sim.top_k == cfg.search.top_k
+    hybrid = make_engine(cfg, "hybrid", simulator_url="http://127.0.0.1:9/v1")
+    assert isinstance(hybrid, HybridEngine) and hybrid.real_fraction == cfg.simulator.hybrid_real_fraction
+    with pytest.raises(ValueError, match="needs a simulator server URL"):
+        make_engine(cfg, "simulated")
+    with pytest.raises(ValueError, match="unknown engine 'google'"):
+        make_engine(cfg, "google")
+
+
+def test_prompt_mode_uses_chat_and_paper_presets_serve_the_released_simulator(tmp_path):
+    cfg = micro_config(tmp_path, "simulator.mode=prompt", "simulator_sft.enabled=false",
+                       "base.simulator_model=Qwen/Qwen2.5-14B-Instruct")
+    sim = make_engine(cfg, "simulated", simulator_url="http://127.0.0.1:9/v1")
+    assert sim.completer.api == "chat" and sim.completer.model == "Qwen/Qwen2.5-14B-Instruct"
+    spec = server_spec(micro_config(tmp_path, "simulator.backend=sglang", "simulator.tp=2", "simulator.dp=2"))
+    assert (spec.backend, spec.tp, spec.dp, spec.extra_args) == ("sglang", 2, 2, ())
+    tiny = server_spec(cfg)
+    assert tiny.backend == "transformers" and "--continuous-batching" in tiny.extra_args
