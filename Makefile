@@ -7,6 +7,8 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,dense
 BIN := $(abspath $(VENV))/bin
+# Prefect's temporary local server: no telemetry (it only adds sqlite lock noise offline).
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: install run test test-slow clean
 install: $(VENV)/.installed

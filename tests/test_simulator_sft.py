@@ -90,3 +90,60 @@ def test_stage_balances_holds_out_and_saves_a_loadable_simulator(tmp_path, monke
     assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "qwen2"
     curve = (cfg.path("metrics") / "simulator_sft_loss.csv").read_text().splitlines()
     assert curve[0] == "step,sft_loss" and len(curve) == 1 + cfg.simulator_sft.train.steps
+
+
+def test_counterfactual_noisy_pairs_share_the_query_and_lack_the_answer(tmp_path):
+    from zerosearch.search.bm25 import BM25Engine
+    from zerosearch.simulator_sft import counterfactual_noisy
+
+    cfg = micro_config(tmp_path)
+    build_data(cfg)
+    engine = BM25Engine.load(cfg.path("data") / "bm25", top_k=3)
+    from zerosearch.base_models import load_world
+
+    world, _ = load_world(cfg.path("data"))
+    person = world.of_type("person")[0]
+    city = world.by_id[person.attrs["born_in"]].name
+    useful = {"query": f"{person.name} birthplace", "question": f"Where was {person.name} born?",
+              "golden_answers": [city], "documents": ["x"], "label": "useful"}
+    noisy = {**useful, "label": "noisy"}
+    cf = counterfactual_noisy([useful, noisy], engine, top_k=3)
+    assert len(cf) == 1 and cf[0]["query"] == useful["query"] and cf[0]["label"] == "noisy"
+    assert 1 <= len(cf[0]["documents"]) <= 3
+    assert not contains_answer(cf[0]["documents"], [city])
+
+
+def test_balance_uses_counterfactuals_for_half_the_noisy_pairs():
+    useful = [{"label": "useful", "i": i} for i in range(10)]
+    noisy = [{"label": "noisy", "i": i} for i in range(10)]
+    cf = [{"label": "noisy", "cf": True, "i": i} for i in range(10)]
+    out = balance(useful + noisy, seed=1, counterfactual=cf)
+    assert sum(p["label"] == "useful" for p in out) == 10
+    assert sum(p.get("cf", False) for p in out) == 5
+    few = balance(useful + noisy[:2], seed=1, counterfactual=cf)  # not enough plain noisy pairs
+    assert sum(p["label"] == "noisy" for p in few) == 10 and sum(p.get("cf", False) for p in few) == 8
+
+
+def test_lora_finetune_trains_adapters_and_merges_back(tmp_path):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from zerosearch.config import LoraSection, PretrainRun
+    from zerosearch.models import train_tokenizer
+    from zerosearch.simulator_sft import finetune
+
+    tok = train_tokenizer(["Doc 1: (Velora) Velora is a city in Zandoria."] * 40, vocab_size=300)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, intermediate_size=64))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pair = {"query": "velora", "question": "Where is Velora?", "golden_answers": ["Zandoria"], "label": "useful",
+            "documents": ["(Velora) Velora is a city in Zandoria."]}
+    run = PretrainRun(steps=3, batch_size=2, seq_len=32, lr=1e-2, warmup_steps=1)
+    merged, losses = finetune(model, tok, [sft_example(pair)] * 20, run, LoraSection(enabled=True, r=4, alpha=8, dropout=0.0), seed=0)
+    assert len(losses) == 3
+    state = merged.state_dict()
+    assert set(state) == set(before)  # merged: plain Qwen2 weights, no adapter tensors left
+    changed = [k for k in before if not torch.equal(before[k], state[k])]
+    assert changed and all("proj" in k for k in changed)  # only the adapted projections moved
+    assert torch.equal(before["model.embed_tokens.weight"], state["model.embed_tokens.weight"])

@@ -5,14 +5,17 @@ Run it with ``zerosearch sft`` (or ``dvc repro simulator_sft``). As in the paper
    questions and record every (query, returned documents) pair with its question and gold
    answers;
 2. label a pair *useful* when its documents contain a gold answer, *noisy* otherwise;
-3. balance the two labels, hold out a fraction for the quality check;
+3. balance the two labels, half the noisy pairs *counterfactual* (the same query as a useful
+   pair, with the engine's next documents that lack the answer: see
+   ``counterfactual_noisy``), hold out a fraction for the quality check;
 4. fine-tune the simulator on instruction -> documents (``simulated.sft_prompt`` with the
    question and answer in the prompt; the loss is on the documents only), fully or with
    LoRA (``peft``; merged before saving so any server can load it).
 
 Outputs under ``models/simulator_sft/``: the model (HF format), ``sft_train.jsonl`` and
-``sft_heldout.jsonl`` (the labelled pairs). Departure from the paper: the reference SFT data
-came from a large policy querying a web engine; ours from the tiny base policy and BM25.
+``sft_heldout.jsonl`` (the labelled pairs). Departures from the paper: the reference SFT
+data came from a large policy querying a web engine, ours from the tiny base policy and
+BM25; the counterfactual noisy pairs are ours.
 """
 
 from __future__ import annotations
@@ -72,15 +75,36 @@ def collect_pairs(generator: Generator, tokenizer, engine: SearchEngine, questio
     return pairs
 
 
-def balance(pairs: list[dict], seed: int) -> list[dict]:
-    """Equal numbers of useful and noisy pairs (the majority is subsampled), shuffled."""
+def counterfactual_noisy(pairs: list[dict], engine: BM25Engine, top_k: int, depth: int = 4) -> list[dict]:
+    """For each useful pair, a noisy pair for the SAME query: the next documents the real
+    engine ranks for it that do not contain a gold answer (related but unhelpful).
+
+    Without these, a pair's label follows from its query (good queries find the answer,
+    garbled ones do not) and a small simulator learns to reproduce the engine from the
+    query, ignoring the useful/noisy instruction. Paired examples make the instruction the
+    only difference."""
+    useful = [p for p in pairs if p["label"] == "useful"]
+    results = engine.search([p["query"] for p in useful], top_k=top_k * depth)
+    out = []
+    for p, docs in zip(useful, results):
+        unhelpful = [d.render() for d in docs if not contains_answer([d.render()], p["golden_answers"])][:top_k]
+        if unhelpful:
+            out.append({**p, "documents": unhelpful, "label": "noisy", "counterfactual": True})
+    return out
+
+
+def balance(pairs: list[dict], seed: int, counterfactual: list[dict] = ()) -> list[dict]:
+    """Equal numbers of useful and noisy pairs, shuffled. Noisy pairs are half counterfactual
+    (same queries as useful ones) when there are enough, the rest sampled from ``pairs``."""
     rng = random.Random(seed)
     useful = [p for p in pairs if p["label"] == "useful"]
     noisy = [p for p in pairs if p["label"] == "noisy"]
-    n = min(len(useful), len(noisy))
+    n = min(len(useful), len(noisy) + len(counterfactual))
     if n == 0:
         raise ValueError(f"cannot balance SFT pairs: {len(useful)} useful, {len(noisy)} noisy")
-    out = rng.sample(useful, n) + rng.sample(noisy, n)
+    n_cf = min(len(counterfactual), n // 2)
+    n_cf = max(n_cf, n - len(noisy))
+    out = rng.sample(useful, n) + rng.sample(list(counterfactual), n_cf) + rng.sample(noisy, n - n_cf)
     rng.shuffle(out)
     return out
 
@@ -118,7 +142,8 @@ def build_simulator_sft(cfg: Config, tracker: NullTracker = NullTracker()) -> di
     policy, tok = load_model(cfg.base.policy_model)
     pairs = collect_pairs(HFGenerator(policy, tok, temperature=s.collect_temperature), tok, engine, questions[: s.n_questions], max_turns=cfg.train.max_turns,
                           max_response_tokens=cfg.train.max_response_tokens, max_obs_tokens=cfg.train.max_obs_tokens)
-    balanced = balance(pairs, cfg.base.seed)
+    counterfactual = counterfactual_noisy(pairs, engine, cfg.search.top_k)
+    balanced = balance(pairs, cfg.base.seed, counterfactual)
     n_held = max(1, round(len(balanced) * s.heldout_fraction))
     heldout, train = balanced[:n_held], balanced[n_held:]
     collect_s = time.perf_counter() - t0

@@ -43,7 +43,7 @@ def _search_segments(query: str, engine: SearchEngine, thought: str, trained: bo
 
 def demonstration(
     world: World, subject: Entity, template: Template, engine: SearchEngine, rng: random.Random,
-    guess_fraction: float = 0.1, recovery_fraction: float = 0.15,
+    guess_fraction: float = 0.1, recovery_fraction: float = 0.05,
 ) -> list[Segment]:
     """One prompt + trajectory for (subject, template), as segments. The prompt and the
     ``<information>`` tags are not trained on, so the policy never learns to write them. The
