@@ -147,3 +147,27 @@ def test_lora_finetune_trains_adapters_and_merges_back(tmp_path):
     changed = [k for k in before if not torch.equal(before[k], state[k])]
     assert changed and all("proj" in k for k in changed)  # only the adapted projections moved
     assert torch.equal(before["model.embed_tokens.weight"], state["model.embed_tokens.weight"])
+
+
+def test_demo_world_searches_are_labelled_and_never_held_out(tmp_path, monkeypatch):
+    import zerosearch.simulator_sft as stage
+    from zerosearch.data.demos import demo_searches, demo_world
+
+    world, _ = demo_world(0, 100)
+    searches = demo_searches(world, 30, seed=0)
+    assert len(searches) == 30 and all(s["query"] and s["golden_answers"] for s in searches)
+    cfg = micro_config(tmp_path, "simulator_sft.demo_world_searches=200", "tiny_models.demo_entities=100")
+    build_data(cfg)
+    build_base(cfg)
+    fake = [{"query": f"q{i}", "question": f"Q{i}?", "golden_answers": ["Velora"],
+             "documents": [f"(T{i}) born in {'Velora' if i % 2 else 'Zand'}."],
+             "label": "useful" if i % 2 else "noisy"} for i in range(40)]
+    monkeypatch.setattr(stage, "collect_pairs", lambda *a, **k: fake)
+    stats = stage.build_simulator_sft(cfg)
+    out = cfg.path("models") / "simulator_sft"
+    train, held = read_jsonl(out / "sft_train.jsonl"), read_jsonl(out / "sft_heldout.jsonl")
+    assert stats["demo_world_pairs"] > 150
+    assert any(p.get("source") == "demo_world" for p in train)
+    assert held and not any(p.get("source") == "demo_world" for p in held)
+    demo = [p for p in train if p.get("source") == "demo_world"]
+    assert all(contains_answer(p["documents"], p["golden_answers"]) == (p["label"] == "useful") for p in demo)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import copy
 import json
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from zerosearch.atomic import atomic_path
 from zerosearch.config import Config
 from zerosearch.data.demos import demo_world, protocol_demos
 from zerosearch.data.schema import read_corpus
@@ -31,15 +31,10 @@ from zerosearch.tracking import NullTracker, write_csv, write_json
 
 def save_atomically(model, tokenizer, path: str | Path) -> Path:
     """``save_pretrained`` into a temp dir, then rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(path)
-    return path
+    with atomic_path(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return Path(path)
 
 
 def load_world(data_dir: Path) -> tuple[World, dict[str, str]]:

@@ -165,6 +165,7 @@ class SimulatorSftSection(_Section):
     enabled: bool
     n_questions: PositiveInt
     collect_temperature: PositiveFloat
+    demo_world_searches: Annotated[int, Field(ge=0)]
     heldout_fraction: Annotated[float, Field(gt=0.0, lt=0.5)]
     train: PretrainRun
     lora: LoraSection

@@ -29,7 +29,8 @@ from typing import Any
 
 from zerosearch.base_models import save_atomically
 from zerosearch.config import Config, LoraSection, PretrainRun
-from zerosearch.data.schema import read_qa_parquet, read_jsonl, write_jsonl
+from zerosearch.data.demos import demo_searches, demo_world
+from zerosearch.data.schema import read_jsonl, read_qa_parquet, write_jsonl
 from zerosearch.models import load_model
 from zerosearch.rewards import normalize_answer
 from zerosearch.rollout import Generator, HFGenerator, run_rollouts
@@ -132,6 +133,15 @@ def finetune(model, tokenizer, examples: list[list[Segment]], run: PretrainRun, 
     return model, losses
 
 
+def label_searches(searches: list[dict], engine: SearchEngine) -> list[dict]:
+    """Run each search's query through the real engine and label the pair useful/noisy."""
+    results = engine.search([s["query"] for s in searches])
+    pairs = [{**s, "documents": [d.render() for d in docs]} for s, docs in zip(searches, results) if docs]
+    for p in pairs:
+        p["label"] = "useful" if contains_answer(p["documents"], p["golden_answers"]) else "noisy"
+    return pairs
+
+
 def build_simulator_sft(cfg: Config, tracker: NullTracker = NullTracker()) -> dict[str, Any]:
     """The whole stage; returns its stats."""
     s, out = cfg.simulator_sft, cfg.path("models") / "simulator_sft"
@@ -140,12 +150,25 @@ def build_simulator_sft(cfg: Config, tracker: NullTracker = NullTracker()) -> di
     random.Random(cfg.base.seed).shuffle(questions)
     engine = BM25Engine.load(cfg.path("data") / "bm25", top_k=cfg.search.top_k)
     policy, tok = load_model(cfg.base.policy_model)
-    pairs = collect_pairs(HFGenerator(policy, tok, temperature=s.collect_temperature), tok, engine, questions[: s.n_questions], max_turns=cfg.train.max_turns,
+    pairs = collect_pairs(HFGenerator(policy, tok, temperature=s.collect_temperature), tok, engine,
+                          questions[: s.n_questions], max_turns=cfg.train.max_turns,
                           max_response_tokens=cfg.train.max_response_tokens, max_obs_tokens=cfg.train.max_obs_tokens)
     counterfactual = counterfactual_noisy(pairs, engine, cfg.search.top_k)
-    balanced = balance(pairs, cfg.base.seed, counterfactual)
-    n_held = max(1, round(len(balanced) * s.heldout_fraction))
-    heldout, train = balanced[:n_held], balanced[n_held:]
+    demo = []
+    if s.demo_world_searches:
+        # Extra pairs on the separate demo world's fresh names: the simulator must copy the
+        # subject from the query and the answer from its prompt, not recall the corpus.
+        world, corpus = demo_world(cfg.base.seed, cfg.tiny_models.demo_entities)
+        demo_engine = BM25Engine.build(corpus, top_k=cfg.search.top_k)
+        demo = [{**p, "source": "demo_world"} for p in
+                label_searches(demo_searches(world, s.demo_world_searches, cfg.base.seed), demo_engine)]
+        counterfactual += counterfactual_noisy(demo, demo_engine, cfg.search.top_k)
+    balanced = balance(pairs + demo, cfg.base.seed, counterfactual)
+    world_pairs = [p for p in balanced if p.get("source") != "demo_world"]
+    n_held = max(1, round(len(world_pairs) * s.heldout_fraction))
+    heldout = world_pairs[:n_held]
+    held_ids = {id(p) for p in heldout}
+    train = [p for p in balanced if id(p) not in held_ids]
     collect_s = time.perf_counter() - t0
 
     simulator, sim_tok = load_model(cfg.base.simulator_model)
@@ -162,6 +185,7 @@ def build_simulator_sft(cfg: Config, tracker: NullTracker = NullTracker()) -> di
     write_jsonl(heldout, out / "sft_heldout.jsonl")
     write_csv(curve, cfg.path("metrics") / "simulator_sft_loss.csv")
     return {"pairs_collected": len(pairs), "pairs_useful": sum(p["label"] == "useful" for p in pairs),
+            "demo_world_pairs": len(demo),
             "pairs_train": len(train), "pairs_heldout": len(heldout), "collect_seconds": collect_s,
             "sft_final_loss": sum(losses[-10:]) / len(losses[-10:]), "seconds": time.perf_counter() - t0}
 

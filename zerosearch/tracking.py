@@ -19,6 +19,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from zerosearch.atomic import atomic_path
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
@@ -136,21 +138,16 @@ def stage_run(stage: str, config, params_file: str | Path = "params.yaml") -> It
 def write_json(data: Mapping[str, Any], path: str | Path) -> Path:
     """Write a metrics JSON (sorted keys), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
 
 
 def write_csv(rows: list[Mapping[str, Any]], path: str | Path) -> Path:
     """Write a DVC plots CSV (header from the first row), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["step"])
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
     return path

@@ -96,3 +96,22 @@ def protocol_demos(
     rng = random.Random(seed + 4)
     pairs = [(e, t) for t in SINGLE_HOP + TWO_HOP for e in world.entities if e.type == t.subject_type]
     return [demonstration(world, *rng.choice(pairs), engine, rng, guess_fraction) for _ in range(n)]
+
+
+def demo_searches(world: World, n: int, seed: int) -> list[dict]:
+    """``n`` searches a demonstrator makes on ``world``: for a random (subject, in-domain
+    template), every hop's well-formed query, with the question and gold answers; used as
+    extra simulator SFT data on names no model can have memorized."""
+    rng = random.Random(seed + 5)
+    pairs = [(e, t) for t in SINGLE_HOP + TWO_HOP for e in world.entities if e.type == t.subject_type]
+    out: list[dict] = []
+    while len(out) < n:
+        subject, template = rng.choice(pairs)
+        chain = world.follow(subject, template.path)
+        node = subject.name
+        for hop, relation in enumerate(template.path):
+            value = chain[hop]
+            out.append({"query": _query(rng, node, relation), "question": template.text.format(s=subject.name),
+                        "golden_answers": World.answer_aliases(value)})
+            node = value.name if isinstance(value, Entity) else str(value)
+    return out[:n]

@@ -9,14 +9,14 @@ written atomically (temp file + rename) and deterministically (same rows -> same
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from zerosearch.atomic import atomic_path
 
 QA_COLUMNS = ("id", "question", "golden_answers", "data_source", "split")
 QA_SCHEMA = pa.schema(
@@ -102,23 +102,12 @@ def normalize_rows(
     return rows, skipped
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-
-
 def write_qa_parquet(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Write QA rows as parquet, atomically; same rows give the same bytes."""
     path = Path(path)
     table = pa.Table.from_pylist([{k: r[k] for k in QA_COLUMNS} for r in rows], schema=QA_SCHEMA)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -137,15 +126,9 @@ def read_qa_parquet(path: str | Path) -> list[dict[str, Any]]:
 def write_jsonl(records: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     """Write records as jsonl (sorted keys, utf-8), atomically."""
     path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
     return path
 
 

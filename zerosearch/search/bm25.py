@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import bm25s
 
-from zerosearch.data.schema import read_corpus
+from zerosearch.atomic import atomic_path
+from zerosearch.data.schema import read_corpus, write_jsonl
 from zerosearch.search.base import Doc
 
 _DOCS_FILE = "docs.jsonl"
@@ -42,16 +41,10 @@ class BM25Engine:
 
     def save(self, directory: str | Path) -> Path:
         """Save the index and its documents under ``directory`` (replaced atomically)."""
-        directory = Path(directory)
-        tmp = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.retriever.save(tmp, show_progress=False)
-        with open(tmp / _DOCS_FILE, "w", encoding="utf-8") as f:
-            for d in self.docs:
-                f.write(json.dumps(d, ensure_ascii=False, sort_keys=True) + "\n")
-        shutil.rmtree(directory, ignore_errors=True)
-        tmp.rename(directory)
-        return directory
+        with atomic_path(directory) as tmp:
+            self.retriever.save(tmp, show_progress=False)
+            write_jsonl(self.docs, tmp / _DOCS_FILE)
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | Path, top_k: int = 3) -> BM25Engine:
