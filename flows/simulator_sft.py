@@ -21,7 +21,9 @@ def simulator_sft_flow(params: str = "params.yaml", overrides: list[str] | None 
     if not cfg.simulator_sft.enabled:
         stats = {"enabled": 0, "simulator_model": cfg.base.simulator_model}
         write_csv([], cfg.path("metrics") / "simulator_sft_loss.csv")
-        (cfg.path("models") / "simulator_sft").mkdir(parents=True, exist_ok=True)
+        out = cfg.path("models") / "simulator_sft"
+        out.mkdir(parents=True, exist_ok=True)  # the stage's declared output, with a note why it is empty
+        (out / "SKIPPED.txt").write_text(f"simulator_sft.enabled is false: {cfg.base.simulator_model} is served as is\n")
     else:
         with stage_run("simulator_sft", cfg, params) as tracker:
             stats = build_simulator_sft_task(cfg, tracker)

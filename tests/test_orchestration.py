@@ -94,3 +94,14 @@ def test_dvc_yaml_declares_stages_with_existing_params():
             for part in key.split("."):
                 assert part in node, f"{name}: params key {key} not in params.yaml"
                 node = node[part]
+
+
+def test_disabled_simulator_sft_stage_records_what_is_served(tmp_path, prefect_harness, monkeypatch):
+    from flows.simulator_sft import simulator_sft_flow
+
+    monkeypatch.setenv("ZEROSEARCH_TRACKING", "off")
+    overrides = micro_overrides(tmp_path, "simulator_sft.enabled=false", "base.simulator_model=org/sim")
+    stats = simulator_sft_flow(str(REPO / "params.yaml"), overrides)
+    assert stats == {"enabled": 0, "simulator_model": "org/sim"}
+    assert "org/sim" in (tmp_path / "models" / "simulator_sft" / "SKIPPED.txt").read_text()
+    assert json.loads((tmp_path / "metrics" / "simulator_sft.json").read_text()) == stats
