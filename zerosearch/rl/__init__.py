@@ -1,0 +1,43 @@
+"""RL core: advantage estimators, policy/value losses, KL estimators (pure tensor functions)."""
+
+from zerosearch.rl.algorithms import (
+    ADVANTAGES,
+    KL_ESTIMATORS,
+    aggregate,
+    entropy_from_logits,
+    gae_advantage,
+    get_advantage,
+    get_kl,
+    grpo_advantage,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    register_advantage,
+    register_kl,
+    reinforce_pp_advantage,
+    value_loss,
+)
+
+__all__ = [
+    "ADVANTAGES",
+    "KL_ESTIMATORS",
+    "aggregate",
+    "entropy_from_logits",
+    "gae_advantage",
+    "get_advantage",
+    "get_kl",
+    "grpo_advantage",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "masked_mean",
+    "masked_whiten",
+    "policy_loss",
+    "register_advantage",
+    "register_kl",
+    "reinforce_pp_advantage",
+    "value_loss",
+]
