@@ -1,5 +1,4 @@
-"""Supervised causal-LM training: pretraining the tiny base models (and, later, the
-simulator SFT). Texts are tokenized, joined with EOS and packed into fixed-length chunks;
+"""Supervised causal-LM training: pretraining the tiny base models and the simulator SFT. Texts are tokenized, joined with EOS and packed into fixed-length chunks;
 batches are drawn with a seeded generator; AdamW with linear warmup and cosine decay."""
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from zerosearch.config import PretrainRun
 
 
-Segment = tuple[str, bool]  # (text, trained on): False for prompts and retrieved documents
+Segment = tuple[str, bool]  # (text, trained on): False for context the model must not learn to write
 
 
 def pack_examples(
