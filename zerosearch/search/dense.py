@@ -9,13 +9,13 @@ For offline use, ``default_model_path()`` points at the all-MiniLM-L6-v2 model b
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from zerosearch.data.schema import read_corpus
+from zerosearch.atomic import atomic_path
+from zerosearch.data.schema import read_corpus, write_jsonl
 from zerosearch.search.base import Doc
 
 _DOCS_FILE = "docs.jsonl"
@@ -107,19 +107,13 @@ class DenseEngine:
     def save(self, directory: str | Path) -> Path:
         """Save the index, its documents and the model name under ``directory`` (replaced atomically)."""
         faiss = _require("faiss")
-        directory = Path(directory)
-        tmp = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        faiss.write_index(self.index, str(tmp / _INDEX_FILE))
-        with open(tmp / _DOCS_FILE, "w", encoding="utf-8") as f:
-            for d in self.docs:
-                f.write(json.dumps(d, ensure_ascii=False, sort_keys=True) + "\n")
         meta = {"model": self.model, "dim": int(self.index.d), "n_docs": len(self.docs)}
-        (tmp / _META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        shutil.rmtree(directory, ignore_errors=True)
-        tmp.rename(directory)
-        return directory
+        with atomic_path(directory) as tmp:
+            tmp.mkdir()
+            faiss.write_index(self.index, str(tmp / _INDEX_FILE))
+            write_jsonl(self.docs, tmp / _DOCS_FILE)
+            (tmp / _META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | Path, top_k: int = 3, *, model: str | None = None,

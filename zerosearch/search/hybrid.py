@@ -27,6 +27,18 @@ def _pick(values: Sequence[T] | None, idx: list[int]) -> list[T] | None:
     return None if values is None else [values[i] for i in idx]
 
 
+def _search_subset(engine: SearchEngine, name: str, idx: list[int], queries, questions, answers,
+                   step: int) -> list[list[Doc]]:
+    """One batched call of ``engine`` with only the queries at ``idx`` (none: no call)."""
+    if not idx:
+        return []
+    out = engine.search([queries[i] for i in idx], questions=_pick(questions, idx),
+                        answers=_pick(answers, idx), step=step)
+    if len(out) != len(idx):
+        raise RuntimeError(f"{name} engine returned {len(out)} results for {len(idx)} queries")
+    return out
+
+
 class HybridEngine:
     """A ``SearchEngine`` mixing a simulated engine with sparse calls to a real one.
 
@@ -78,29 +90,15 @@ class HybridEngine:
         results: list[list[Doc] | None] = [None] * len(queries)
 
         fallback: list[int] = []
-        if sim_idx:
-            sim_out = self.simulated.search(
-                [queries[i] for i in sim_idx],
-                questions=_pick(questions, sim_idx), answers=_pick(answers, sim_idx), step=step,
-            )
-            if len(sim_out) != len(sim_idx):
-                raise RuntimeError(f"simulated engine returned {len(sim_out)} results for {len(sim_idx)} queries")
-            for i, docs in zip(sim_idx, sim_out):
-                if docs:
-                    results[i] = list(docs)
-                else:
-                    fallback.append(i)
+        for i, docs in zip(sim_idx, _search_subset(self.simulated, "simulated", sim_idx, queries, questions, answers, step)):
+            if docs:
+                results[i] = list(docs)
+            else:
+                fallback.append(i)
 
         real_idx = sorted([i for i, r in enumerate(to_real) if r] + fallback)
-        if real_idx:
-            real_out = self.real.search(
-                [queries[i] for i in real_idx],
-                questions=_pick(questions, real_idx), answers=_pick(answers, real_idx), step=step,
-            )
-            if len(real_out) != len(real_idx):
-                raise RuntimeError(f"real engine returned {len(real_out)} results for {len(real_idx)} queries")
-            for i, docs in zip(real_idx, real_out):
-                results[i] = list(docs)
+        for i, docs in zip(real_idx, _search_subset(self.real, "real", real_idx, queries, questions, answers, step)):
+            results[i] = list(docs)
 
         self.stats["simulated"] += len(sim_idx) - len(fallback)
         self.stats["real_sampled"] += len(real_idx) - len(fallback)
