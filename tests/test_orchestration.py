@@ -30,6 +30,18 @@ def test_stage_flows_run_under_prefect_and_write_metrics(tmp_path, prefect_harne
     assert json.loads((tmp_path / "metrics" / "base.json").read_text()) == base
     assert (tmp_path / "models" / "base" / "policy" / "model.safetensors").exists()
 
+    from flows.train import train_flow
+
+    train = ["train.engine=bm25", "train.total_steps=2", "train.save_every=1", "train.batch_prompts=2",
+             "train.group_size=2", "train.mini_batch_size=4", "train.micro_batch_size=2"]
+    summary = train_flow(str(REPO / "params.yaml"), overrides + train)
+    assert json.loads((tmp_path / "metrics" / "train.json").read_text()) == summary
+    assert summary["steps"] == 2 and summary["resumed_from_step"] == 0
+    # --resume with nothing left to do: starts at the last checkpoint, trains no more steps
+    resumed = train_flow(str(REPO / "params.yaml"), overrides + train, resume=True)
+    assert resumed["resumed_from_step"] == 2
+    assert (tmp_path / "models" / "policy" / "model.safetensors").exists()
+
 
 def test_stage_runs_nest_under_one_pipeline_run(tmp_path, monkeypatch):
     import mlflow
@@ -86,7 +98,7 @@ def test_dvc_yaml_declares_stages_with_existing_params():
     """Every params key a stage declares exists in params.yaml; outs are the configured paths."""
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert list(dvc["stages"]) == ["data", "base", "simulator_sft"]
+    assert list(dvc["stages"]) == ["data", "base", "simulator_sft", "train"]
     for name, stage in dvc["stages"].items():
         assert stage["cmd"] == f"zerosearch {name.replace('simulator_', '')}"
         for key in stage["params"]:

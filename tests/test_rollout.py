@@ -88,10 +88,13 @@ def test_all_pending_queries_go_in_one_call_per_turn_and_max_turns_stops(tok):
     policy = ScriptedPolicy(tok, scripts)
     batch = run_rollouts(policy, tok, engine, ["Q1", "Q2", "Q3"], [["a"]] * 3,
                          max_turns=2, max_response_tokens=64, max_obs_tokens=512)
-    assert [len(c[0]) for c in engine.calls] == [3, 3]  # one batched call per turn
+    # one batched call per turn, none after the last turn (nobody would read those documents)
+    assert [len(c[0]) for c in engine.calls] == [3]
     assert policy.calls == [3, 3]
     assert batch.answers == [None, None, None]
-    assert all(t.turns == 2 and t.searches == 2 for t in batch.trajectories)
+    assert all(t.turns == 2 and t.searches == 1 for t in batch.trajectories)
+    # the last turn's search is the final (trained) text: nothing is appended after it
+    assert all(batch.loss_mask[i, batch.attention_mask[i].sum() - 1] == 1 for i in range(3))
 
 
 def test_first_action_of_a_turn_wins_and_parse_action():

@@ -24,7 +24,7 @@ from zerosearch.config import Config, ConfigError, load_config
 
 app = typer.Typer(
     help="ZeroSearch: train a search agent against a simulated search engine.\n\n"
-    "Stages: data -> base -> sft; `dvc repro` runs them all. `zerosearch serve` serves the simulator.",
+    "Stages: data -> base -> sft -> train; `dvc repro` runs them all. `zerosearch serve` serves the simulator.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
@@ -84,6 +84,26 @@ def sft(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
     from flows.simulator_sft import simulator_sft_flow
 
     _print_stats("simulator SFT stage", simulator_sft_flow(str(params), set or []))
+
+
+@app.command()
+def train(
+    params: ParamsOpt = Path("params.yaml"),
+    set: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in "
+                                         "models/train_checkpoints (same config required).")] = False,
+) -> None:
+    """Train stage: RL (GRPO/PPO/REINFORCE++) against the simulated (or real) engine; writes models/policy."""
+    _config(params, set)
+    from flows.train import train_flow
+
+    try:
+        _print_stats("train stage", train_flow(str(params), set or [], resume=resume))
+    except ValueError as e:
+        if "cannot resume" not in str(e):
+            raise
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 @app.command()

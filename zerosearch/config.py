@@ -191,8 +191,26 @@ class TrainSection(_Section):
     max_response_tokens: PositiveInt
     max_obs_tokens: PositiveInt
     max_prompt_tokens: PositiveInt
+    ppo_epochs: PositiveInt
+    mini_batch_size: PositiveInt
+    micro_batch_size: PositiveInt
+    max_grad_norm: PositiveFloat
+    entropy_coef: Annotated[float, Field(ge=0.0)]
+    value_clip: PositiveFloat
+    save_every: PositiveInt
     gradient_checkpointing: bool
     lora: LoraSection
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> TrainSection:
+        rollouts = self.batch_prompts * self.group_size
+        if rollouts % self.mini_batch_size:
+            raise ValueError(f"mini_batch_size ({self.mini_batch_size}) must divide batch_prompts * group_size "
+                             f"({rollouts})")
+        if self.mini_batch_size % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size ({self.micro_batch_size}) must divide mini_batch_size "
+                             f"({self.mini_batch_size})")
+        return self
 
 
 class Config(_Section):

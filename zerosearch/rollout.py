@@ -6,7 +6,8 @@ Per turn, every unfinished trajectory of the batch generates until ``</search>``
 engine in ONE batched call with the current training step (the simulator's curriculum
 depends on it); the documents are appended inside ``<information>``; a turn with no action
 gets the corrective message. After ``max_turns`` turns unfinished trajectories stop without
-an answer.
+an answer; a search or an invalid turn on the last turn gets no documents and no corrective
+message (nothing would read them).
 
 State masking: the loss mask is 1 exactly on tokens the policy sampled. Prompt tokens,
 ``<information>`` blocks and corrective messages are context the policy did not write, so
@@ -136,10 +137,12 @@ def run_rollouts(
         active = [t for t in trajs if t.status == "generating"]
         if not active:
             break
+        last_turn = turn == max_turns - 1
         outputs = generator.generate([t.context for t in active], max_response_tokens)
         for t, new_ids in zip(active, outputs, strict=True):
-            _take_turn(t, new_ids, tokenizer, max_response_tokens, last_turn=turn == max_turns - 1)
-        _answer_searches([t for t in trajs if t.status == "searching"], engine, tokenizer, max_obs_tokens, step)
+            _take_turn(t, new_ids, tokenizer, max_response_tokens, last_turn=last_turn)
+        if not last_turn:  # after the last turn nobody reads the documents: no engine call
+            _answer_searches([t for t in trajs if t.status == "searching"], engine, tokenizer, max_obs_tokens, step)
     for t in trajs:
         t.status = "done"
     return _collate(trajs, tokenizer.pad_token_id)
@@ -154,13 +157,16 @@ def _take_turn(t: Trajectory, new_ids: list[int], tokenizer, max_new: int, last_
         t.hit_length_limit += 1
     if action is None:
         t.invalid_actions += 1
+        if last_turn:
+            t.status = "done"
+            return
         # The corrective message is the environment speaking: context, not policy output.
         t.append(tokenizer(INVALID_ACTION, add_special_tokens=False)["input_ids"], trained=False)
-        t.status = "done" if last_turn else "generating"
+        t.status = "generating"
     elif action[0] == "answer":
         t.answer, t.status = action[1], "done"
     else:
-        t.pending_query, t.status = action[1], "searching"
+        t.pending_query, t.status = action[1], "done" if last_turn else "searching"
 
 
 def _answer_searches(pending: list[Trajectory], engine: SearchEngine, tokenizer, max_obs_tokens: int, step: int) -> None:

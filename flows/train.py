@@ -1,0 +1,27 @@
+"""The train stage as a Prefect flow (what ``zerosearch train`` / ``dvc repro train`` run).
+
+RL (``train.algorithm``) against ``train.engine``; the simulator is served for the run when
+the engine needs it. Writes ``models/policy``, checkpoints under
+``models/train_checkpoints``, ``metrics/train.json`` and the curve ``metrics/train_curve.csv``.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks.common import load_config_task, write_metrics_task
+from tasks.train import train_policy_task
+from zerosearch.tracking import stage_run
+
+
+@flow(name="train")
+def train_flow(params: str = "params.yaml", overrides: list[str] | None = None, resume: bool = False) -> dict:
+    cfg = load_config_task(params, overrides)
+    with stage_run("train", cfg, params) as tracker:
+        summary = train_policy_task(cfg, tracker, resume=resume)
+    write_metrics_task(summary, cfg.path("metrics") / "train.json")
+    return summary
+
+
+if __name__ == "__main__":
+    train_flow()

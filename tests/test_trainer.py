@@ -1,0 +1,199 @@
+"""The RL trainer on the micro world: steps, checkpoints, exact resume, PPO critic, LoRA, the stage."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import micro_config
+from zerosearch.base_models import build_base
+from zerosearch.data.build import build_data
+from zerosearch.data.schema import read_qa_parquet
+from zerosearch.rl.checkpoint import latest_checkpoint, list_checkpoints
+from zerosearch.rl.trainer import RLTrainer, token_log_probs
+from zerosearch.search.factory import make_engine
+from zerosearch.training import train_policy
+
+TRAIN = ["train.engine=bm25", "train.batch_prompts=2", "train.group_size=2", "train.mini_batch_size=2",
+         "train.micro_batch_size=1", "train.total_steps=4", "train.save_every=2", "train.lr=0.001",
+         "train.warmup_ratio=0.25", "train.kl_coef=0.01", "train.gradient_checkpointing=false",
+         "train.max_turns=2", "train.max_response_tokens=16"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("micro")
+    cfg = micro_config(root)
+    build_data(cfg)
+    build_base(cfg)
+    return root
+
+
+def _cfg(root: Path, tmp: Path, *extra: str):
+    return micro_config(root, *TRAIN, f"base.paths.models={tmp}/models", f"base.paths.metrics={tmp}/metrics",
+                        f"base.policy_model={root}/models/base/policy",
+                        f"base.simulator_model={root}/models/base/simulator", f"base.paths.data={root}/data", *extra)
+
+
+def _trainer(cfg, ckpt_dir: Path) -> RLTrainer:
+    rows = read_qa_parquet(cfg.path("data") / "train.parquet")
+    return RLTrainer(cfg, make_engine(cfg, "bm25"), rows, checkpoint_dir=ckpt_dir)
+
+
+def test_grpo_steps_log_metrics_checkpoint_and_change_the_policy(world, tmp_path):
+    cfg = _cfg(world, tmp_path)
+    trainer = _trainer(cfg, tmp_path / "ckpt")
+    history = trainer.fit()
+    assert [h["step"] for h in history] == [0, 1, 2, 3]
+    for key in ("reward_mean", "em", "response_tokens", "searches_per_trajectory", "noisy_fraction", "kl",
+                "entropy", "clip_fraction", "grad_norm", "step_seconds", "tokens_per_s", "lr"):
+        assert key in history[0] and math.isfinite(history[0][key]), key
+    assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["step_000002", "step_000004"]
+    # warmup: 1 step (ceil(0.25 * 4)), then constant at lr
+    assert history[0]["lr"] == pytest.approx(1e-3)
+    before = AutoModelForCausalLM.from_pretrained(cfg.base.policy_model)
+    after = trainer.final_policy()
+    changed = [n for n, p in after.named_parameters() if not torch.equal(p, before.state_dict()[n])]
+    assert changed, "no parameter moved"
+
+
+def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(world, tmp_path):
+    cfg = _cfg(world, tmp_path)
+    full = _trainer(cfg, tmp_path / "a").fit()
+
+    interrupted = _trainer(cfg, tmp_path / "b")
+
+    def stop_after_two(step, metrics):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    interrupted.on_step = stop_after_two
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    assert latest_checkpoint(tmp_path / "b").name == "step_000002"
+
+    resumed = _trainer(cfg, tmp_path / "b")
+    history = resumed.fit(resume=True)
+    assert resumed.start_step == 2
+    assert [h["step"] for h in history] == [0, 1, 2, 3]
+    for a, b in zip(full[2:], history[2:], strict=True):
+        for key in ("reward_mean", "em", "kl", "policy_loss", "grad_norm", "response_tokens"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+
+
+def test_resume_refuses_a_changed_config(world, tmp_path):
+    cfg = _cfg(world, tmp_path, "train.total_steps=2")
+    _trainer(cfg, tmp_path / "c").fit()
+    changed = _cfg(world, tmp_path, "train.total_steps=2", "train.lr=0.01")
+    with pytest.raises(ValueError, match="train.lr"):
+        _trainer(changed, tmp_path / "c").fit(resume=True)
+
+
+def test_ppo_trains_a_critic_and_checkpoints_it(world, tmp_path):
+    cfg = _cfg(world, tmp_path, "train.algorithm=ppo", "train.total_steps=2")
+    trainer = _trainer(cfg, tmp_path / "ckpt")
+    history = trainer.fit()
+    assert all(math.isfinite(h["value_loss"]) and h["critic_grad_norm"] >= 0 for h in history)
+    assert (latest_checkpoint(tmp_path / "ckpt") / "critic" / "model.safetensors").exists()
+    resumed = _trainer(cfg, tmp_path / "ckpt")
+    assert resumed.setup(resume=True) == 2 and resumed.m.critic is not None
+
+
+def test_reinforce_pp_runs_without_critic(world, tmp_path):
+    cfg = _cfg(world, tmp_path, "train.algorithm=reinforce_pp", "train.total_steps=1")
+    trainer = _trainer(cfg, tmp_path / "ckpt")
+    history = trainer.fit()
+    assert trainer.m.critic is None and "value_loss" not in history[0]
+
+
+def test_lora_trains_adapters_only_and_merges(world, tmp_path):
+    cfg = _cfg(world, tmp_path, "train.lora.enabled=true", "train.lora.r=4", "train.lora.alpha=8",
+               "train.total_steps=2", "train.lr=0.05", "train.entropy_coef=0.5")  # entropy moves B off 0
+    trainer = _trainer(cfg, tmp_path / "ckpt")
+    trainer.fit()
+    assert trainer.m.reference is None  # the reference is the policy with adapters disabled
+    trainable = [n for n, p in trainer.m.policy.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert (latest_checkpoint(tmp_path / "ckpt") / "policy" / "adapter_model.safetensors").exists()
+    merged = trainer.final_policy()
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    base = AutoModelForCausalLM.from_pretrained(cfg.base.policy_model).state_dict()
+    assert any(not torch.equal(p, base[n]) for n, p in merged.named_parameters())
+
+
+def test_experience_masks_only_policy_tokens_and_old_log_probs_match(world, tmp_path):
+    cfg = _cfg(world, tmp_path)
+    trainer = _trainer(cfg, tmp_path / "ckpt")
+    trainer.setup()
+    batch, group = trainer.rollout(0)
+    exp = trainer.make_experience(batch, trainer.scores(batch), group)
+    assert torch.equal(exp.mask, batch.loss_mask[:, 1:].float())
+    assert group == [0, 0, 1, 1]
+    # GRPO: advantages zero off the mask, equal within a row on it
+    assert torch.all(exp.advantages[exp.mask == 0] == 0)
+    logp, _ = token_log_probs(trainer.m.policy, exp.input_ids, exp.attention_mask)
+    on = exp.mask.bool()
+    assert torch.allclose(logp[on], exp.old_log_probs[on], atol=1e-5)
+
+
+def test_train_stage_writes_policy_curve_and_summary(world, tmp_path):
+    cfg = _cfg(world, tmp_path, "train.total_steps=2")
+    summary = train_policy(cfg)
+    policy = AutoModelForCausalLM.from_pretrained(tmp_path / "models" / "policy")
+    assert policy.config.model_type == "qwen2"
+    lines = (tmp_path / "metrics" / "train_curve.csv").read_text().splitlines()
+    assert lines[0].startswith("step,reward_mean,em") and len(lines) == 3
+    assert summary["steps"] == 2 and summary["engine"] == "bm25" and summary["resumed_from_step"] == 0
+    json.dumps(summary)  # serializable for metrics/train.json
+
+
+def test_one_update_raises_the_rewarded_trajectory_and_lowers_the_others(world, tmp_path):
+    cfg = _cfg(world, tmp_path, "train.kl_coef=0.0", "train.lr=0.01", "train.warmup_ratio=0.0")
+    trainer = _trainer(cfg, tmp_path / "ckpt")
+    trainer.setup()
+    batch, group = trainer.rollout(0)
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0])  # group 0: row 0 wins; group 1: row 3 wins
+    exp = trainer.make_experience(batch, scores, group)
+    trainer.update(exp, step=0)
+    with torch.no_grad():
+        logp, _ = token_log_probs(trainer.m.policy, exp.input_ids, exp.attention_mask)
+    seq = lambda lp: (lp * exp.mask).sum(-1)  # noqa: E731
+    delta = seq(logp) - seq(exp.old_log_probs)
+    assert delta[0] > 0 and delta[3] > 0
+    assert delta[1] < 0 and delta[2] < 0
+
+
+def test_log_probs_from_a_later_start_match_the_full_computation(world, tmp_path):
+    cfg = _cfg(world, tmp_path)
+    trainer = _trainer(cfg, tmp_path / "ckpt")
+    trainer.setup()
+    batch, _ = trainer.rollout(0)
+    start = int(batch.prompt_lengths.min()) - 1
+    full, ent_full = token_log_probs(trainer.m.policy, batch.input_ids, batch.attention_mask, with_entropy=True)
+    part, ent_part = token_log_probs(trainer.m.policy, batch.input_ids, batch.attention_mask, with_entropy=True,
+                                     start=start)
+    assert part.shape == full.shape
+    assert torch.allclose(part[:, start:], full[:, start:], atol=1e-5)
+    assert torch.allclose(ent_part[:, start:], ent_full[:, start:], atol=1e-5)
+    assert torch.all(part[:, :start] == 0)
+
+
+def test_on_policy_update_skips_the_extra_forward_and_gives_the_same_step(world, tmp_path, monkeypatch):
+    overrides = ("train.mini_batch_size=4", "train.micro_batch_size=2", "train.kl_coef=0.0")
+    params = []
+    for skip in (True, False):
+        trainer = _trainer(_cfg(world, tmp_path, *overrides), tmp_path / f"ckpt{skip}")
+        if not skip:
+            monkeypatch.setattr(trainer, "on_policy", lambda n: False)
+        trainer.setup()
+        batch, group = trainer.rollout(0)
+        exp = trainer.make_experience(batch, torch.tensor([1.0, 0.0, 0.0, 1.0]), group)
+        assert (exp.old_log_probs is None) == skip
+        trainer.update(exp, step=0)
+        params.append(torch.cat([p.detach().flatten() for p in trainer.m.policy.parameters()]))
+    assert torch.allclose(params[0], params[1], atol=1e-6)

@@ -1,0 +1,444 @@
+"""The RL trainer: GRPO, PPO and REINFORCE++ over multi-turn search rollouts.
+
+One training step:
+
+1. sample ``batch_prompts`` training questions (seeded by the step) and roll each out
+   ``group_size`` times with the policy (``zerosearch.rollout``), the engine answering
+   every search with the step number (the simulator's curriculum reads it);
+2. score the final answers with the outcome reward (F1 or EM, by name);
+3. compute, without gradients, the behaviour log-probs, the reference log-probs (for the KL
+   term) and, for PPO, the critic's values; then advantages and returns by the algorithm's
+   estimator (``zerosearch.rl.algorithms``);
+4. ``ppo_epochs`` passes over shuffled mini-batches of ``mini_batch_size`` trajectories,
+   each accumulated over micro-batches: clipped policy loss (+ KL loss for GRPO, - entropy
+   bonus), clipped value loss for the critic, gradient clipping, one optimizer step per
+   mini-batch; the learning rate warms up linearly, then stays constant.
+
+Only tokens the policy sampled enter any loss (the rollout's loss mask): retrieved
+documents and corrective messages are state, not actions.
+
+Departures from the reference (Search-R1 / ZeroSearch on veRL):
+
+- Losses are token-means over a whole mini-batch (micro-batch losses are weighted by their
+  share of the mini-batch's tokens), so gradient accumulation does not change the result.
+- The LR schedule advances once per training step, not once per mini-batch.
+- PPO's critic is ``AutoModelForTokenClassification`` (one label) initialised from the
+  policy's weights with a fresh head, a separate model as in veRL.
+- With LoRA the reference model is the policy with its adapters disabled (no second copy).
+
+Distribution goes through ``accelerate``: the same code runs single-process on CPU and
+multi-GPU with the DeepSpeed configs in ``configs/accelerate/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from zerosearch.config import Config
+from zerosearch.rewards import exact_match, get_reward
+from zerosearch.rl.algorithms import aggregate, entropy_from_logits, get_advantage, get_kl, policy_loss, value_loss
+from zerosearch.rl.checkpoint import (config_differences, latest_checkpoint, load_state, save_checkpoint,
+                                      set_rng_state)
+from zerosearch.rollout import HFGenerator, RolloutBatch, run_rollouts
+from zerosearch.search.base import SearchEngine
+from zerosearch.tracking import NullTracker
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """How an algorithm name maps onto the pure functions."""
+
+    advantage: str  # name in ADVANTAGES
+    kl_in_reward: bool  # True: KL penalty folded into token rewards; False: a KL loss term
+    critic: bool
+
+
+ALGORITHMS: dict[str, AlgorithmSpec] = {
+    "grpo": AlgorithmSpec(advantage="grpo", kl_in_reward=False, critic=False),
+    "ppo": AlgorithmSpec(advantage="gae", kl_in_reward=True, critic=True),
+    "reinforce_pp": AlgorithmSpec(advantage="reinforce_pp", kl_in_reward=True, critic=False),
+}
+
+
+@dataclass
+class Experience:
+    """One step's rollouts with what the update needs. ``L`` = padded sequence length;
+    token tensors are ``(B, T)`` with ``T = L - 1``: position ``t`` scores token ``t + 1``."""
+
+    input_ids: Tensor  # (B, L)
+    attention_mask: Tensor  # (B, L)
+    mask: Tensor  # (B, T) float, 1 on tokens the policy sampled
+    old_log_probs: Tensor | None  # (B, T); None on-policy (the update uses its own, detached)
+    ref_log_probs: Tensor | None  # (B, T), None without a KL term
+    old_values: Tensor | None  # (B, T), PPO only
+    advantages: Tensor  # (B, T)
+    returns: Tensor  # (B, T)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, index: Tensor) -> Experience:
+        """Rows ``index``, trimmed to their longest real sequence."""
+        width = int(self.attention_mask[index].sum(-1).max())
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                value = value[index][:, : width if f.name in ("input_ids", "attention_mask") else width - 1]
+            out[f.name] = value
+        return Experience(**out)
+
+
+def token_log_probs(model, input_ids: Tensor, attention_mask: Tensor, temperature: float = 1.0,
+                    with_entropy: bool = False, start: int = 0) -> tuple[Tensor, Tensor | None]:
+    """Log-prob of each next token, ``(B, L - 1)``, and optionally the entropy there.
+
+    Only positions ``>= start`` are computed (``logits_to_keep``: with a 150k vocabulary the
+    prompt's logits would dominate memory); earlier positions are 0.
+    """
+    length = input_ids.shape[1]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   logits_to_keep=length - start).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    targets = input_ids[:, start + 1:].unsqueeze(-1)
+    log_probs = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    entropy = entropy_from_logits(logits) if with_entropy else None
+    pad = (lambda x: torch.nn.functional.pad(x, (start, 0))) if start else (lambda x: x)
+    return pad(log_probs), (pad(entropy) if entropy is not None else None)
+
+
+def first_scored_position(mask: Tensor) -> int:
+    """The first column of a ``(B, T)`` loss mask any row trains on (0 if none)."""
+    cols = mask.any(0)
+    return int(cols.float().argmax()) if bool(cols.any()) else 0
+
+
+def critic_values(critic, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """The critic's value of each prefix, aligned with ``token_log_probs``: ``(B, L - 1)``."""
+    return critic(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1, 0].float()
+
+
+def constant_with_warmup(warmup_steps: int) -> Callable[[int], float]:
+    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+@dataclass
+class Models:
+    """The trainable policy (and critic), their optimizers, and how to get reference log-probs."""
+
+    policy: Any
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    reference: Any | None = None  # a frozen copy; None with LoRA (adapters disabled) or no KL
+    critic: Any | None = None
+    critic_optimizer: torch.optim.Optimizer | None = None
+    lora: bool = False
+
+
+class RLTrainer:
+    """Runs ``cfg.train`` over ``train_rows`` against ``engine``; checkpoints to ``checkpoint_dir``.
+
+    ``on_step(step, metrics)`` is called after every step (the stage writes plots with it).
+    """
+
+    def __init__(self, cfg: Config, engine: SearchEngine, train_rows: Sequence[dict], *,
+                 checkpoint_dir: str | Path, tracker: NullTracker = NullTracker(),
+                 on_step: Callable[[int, dict[str, float]], None] | None = None, accelerator=None):
+        from accelerate import Accelerator
+
+        self.cfg, self.t = cfg, cfg.train
+        self.spec = ALGORITHMS[self.t.algorithm]
+        self.engine, self.rows = engine, list(train_rows)
+        if not self.rows:
+            raise ValueError("no training questions")
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.tracker, self.on_step = tracker, on_step
+        self.accelerator = accelerator or Accelerator()
+        self.reward_fn = get_reward(self.t.reward)
+        self.history: list[dict[str, float]] = []
+        self.start_step = 0
+        self.m: Models | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, resume: bool = False) -> int:
+        """Load models (from the newest checkpoint when ``resume``); returns the first step to run."""
+        ckpt = latest_checkpoint(self.checkpoint_dir) if resume else None
+        if resume and ckpt is None:
+            print(f"--resume: no checkpoint under {self.checkpoint_dir}; starting from step 0")
+        torch.manual_seed(self.cfg.base.seed)  # a run is a function of its config, not of what ran before
+        self.m = self._build_models(ckpt)
+        if ckpt is not None:
+            state, trainer_state = load_state(ckpt)
+            diff = config_differences(state["config"], self.cfg.model_dump())
+            if diff:
+                raise ValueError(f"cannot resume from {ckpt}: the config changed since it was written:\n  "
+                                 + "\n  ".join(diff) + "\nrestore those values or start a fresh run")
+            self.m.optimizer.load_state_dict(trainer_state["optimizer"])
+            self.m.scheduler.load_state_dict(trainer_state["scheduler"])
+            if self.m.critic_optimizer is not None:
+                self.m.critic_optimizer.load_state_dict(trainer_state["critic_optimizer"])
+            set_rng_state(trainer_state["rng"])
+            self.history = state["history"]
+            self.start_step = state["step"]
+        return self.start_step
+
+    def _build_models(self, ckpt: Path | None) -> Models:
+        from zerosearch.models import load_model
+
+        t, base = self.t, self.cfg.base
+        trust = base.trust_remote_code
+        source = ckpt / "policy" if ckpt is not None and not t.lora.enabled else base.policy_model
+        policy, tokenizer = load_model(str(source), trust_remote_code=trust)
+        reference = None
+        if t.lora.enabled:
+            policy = self._with_lora(policy, ckpt)
+        elif t.kl_coef > 0:
+            reference = load_model(base.policy_model, trust_remote_code=trust)[0] if ckpt else copy.deepcopy(policy)
+            reference.requires_grad_(False).eval()
+        if t.gradient_checkpointing:
+            policy.gradient_checkpointing_enable()
+            if t.lora.enabled:
+                policy.enable_input_require_grads()
+        trainable = [p for p in policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=t.lr, betas=(0.9, 0.999), weight_decay=0.01)
+        warmup = math.ceil(t.warmup_ratio * t.total_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, constant_with_warmup(warmup))
+        critic = critic_optimizer = None
+        if self.spec.critic:
+            critic = self._load_critic(ckpt)
+            critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=t.critic_lr, weight_decay=0.01)
+        acc = self.accelerator
+        policy, optimizer, scheduler = acc.prepare(policy, optimizer, scheduler)
+        if reference is not None:
+            reference = acc.prepare_model(reference, evaluation_mode=True)
+        if critic is not None:
+            critic, critic_optimizer = acc.prepare(critic, critic_optimizer)
+        return Models(policy, tokenizer, optimizer, scheduler, reference, critic, critic_optimizer, t.lora.enabled)
+
+    def _with_lora(self, policy, ckpt: Path | None):
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if ckpt is not None:
+            return PeftModel.from_pretrained(policy, ckpt / "policy", is_trainable=True)
+        lora = self.t.lora
+        return get_peft_model(policy, LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+
+    def _load_critic(self, ckpt: Path | None):
+        from transformers import AutoModelForTokenClassification
+
+        source = ckpt / "critic" if ckpt is not None else self.cfg.base.policy_model
+        critic = AutoModelForTokenClassification.from_pretrained(
+            str(source), num_labels=1, use_safetensors=True, trust_remote_code=self.cfg.base.trust_remote_code)
+        if self.t.gradient_checkpointing:
+            critic.gradient_checkpointing_enable()
+        return critic
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, resume: bool = False) -> list[dict[str, float]]:
+        """Run from the first step not yet done to ``total_steps``; returns the metric history."""
+        start = self.setup(resume)
+        from zerosearch.sft import progress_bar
+
+        with progress_bar() as bar:
+            task = bar.add_task(f"train {self.t.algorithm}", total=self.t.total_steps, completed=start, info="")
+            for step in range(start, self.t.total_steps):
+                metrics = self.train_step(step)
+                self.history.append({"step": step, **metrics})
+                self.tracker.log_metrics(metrics, step=step)
+                if self.on_step:
+                    self.on_step(step, metrics)
+                done = step + 1
+                if done % self.t.save_every == 0 or done == self.t.total_steps:
+                    self.save(done)
+                bar.update(task, advance=1, info=f"reward {metrics['reward_mean']:.3f} em {metrics['em']:.3f}")
+        return self.history
+
+    def sample_rows(self, step: int) -> list[dict]:
+        """The step's prompts: a seeded draw without replacement, the same for a resumed run."""
+        rng = random.Random(self.cfg.base.seed * 1_000_003 + step)
+        return rng.sample(self.rows, min(self.t.batch_prompts, len(self.rows)))
+
+    def rollout(self, step: int) -> tuple[RolloutBatch, list[int]]:
+        t = self.t
+        rows = self.sample_rows(step)
+        group = [i for i in range(len(rows)) for _ in range(t.group_size)]
+        policy = self.accelerator.unwrap_model(self.m.policy)
+        policy.eval()
+        generator = HFGenerator(policy, self.m.tokenizer, temperature=t.temperature)
+        batch = run_rollouts(generator, self.m.tokenizer, self.engine, [rows[i]["question"] for i in group],
+                             [rows[i]["golden_answers"] for i in group], max_turns=t.max_turns,
+                             max_response_tokens=t.max_response_tokens, max_obs_tokens=t.max_obs_tokens, step=step)
+        return batch, group
+
+    def scores(self, batch: RolloutBatch) -> Tensor:
+        completions = [self.m.tokenizer.decode(tr.response_ids, skip_special_tokens=False) for tr in batch.trajectories]
+        golden = [tr.golden_answers for tr in batch.trajectories]
+        return torch.tensor(self.reward_fn(completions, golden), dtype=torch.float32)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        batch, group = self.rollout(step)
+        t_rollout = time.perf_counter() - t0
+        scores = self.scores(batch)
+        exp = self.make_experience(batch, scores, group)
+        update = self.update(exp, step)
+        self.m.scheduler.step()
+        seconds = time.perf_counter() - t0
+        em = [exact_match(tr.answer, tr.golden_answers) for tr in batch.trajectories]
+        sampled = float(exp.mask.sum())
+        return {
+            "reward_mean": float(scores.mean()), "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
+            "em": sum(em) / len(em), **batch.stats(), **update,
+            "lr": self.m.scheduler.get_last_lr()[0], "step_seconds": seconds, "rollout_seconds": t_rollout,
+            "tokens_per_s": sampled / max(seconds, 1e-9),
+        }
+
+    # ------------------------------------------------------------------ experience
+
+    def _micro_batches(self, n: int) -> list[Tensor]:
+        return list(torch.arange(n).split(self.t.micro_batch_size))
+
+    def on_policy(self, n_rollouts: int) -> bool:
+        """One pass, one mini-batch and no KL in the reward: the behaviour log-probs equal the
+        current ones, so the extra forward pass is skipped (the update detaches its own)."""
+        t = self.t
+        kl_reward = self.spec.kl_in_reward and t.kl_coef > 0
+        return t.ppo_epochs == 1 and t.mini_batch_size >= n_rollouts and not kl_reward
+
+    @torch.no_grad()
+    def make_experience(self, batch: RolloutBatch, scores: Tensor, group: list[int]) -> Experience:
+        t, m = self.t, self.m
+        device = self.accelerator.device
+        ids, attn = batch.input_ids.to(device), batch.attention_mask.to(device)
+        mask = batch.loss_mask[:, 1:].float().to(device)
+        start = first_scored_position(mask)
+        need_old = not self.on_policy(len(ids))
+        old, ref, values = [], [], []
+        m.policy.eval()
+        for idx in self._micro_batches(len(ids)):
+            if need_old:
+                old.append(token_log_probs(m.policy, ids[idx], attn[idx], t.temperature, start=start)[0])
+            if t.kl_coef > 0:
+                ref.append(self._reference_log_probs(ids[idx], attn[idx], start))
+            if m.critic is not None:
+                m.critic.eval()
+                values.append(critic_values(m.critic, ids[idx], attn[idx]))
+        old_log_probs = torch.cat(old) if old else None
+        ref_log_probs = torch.cat(ref) if ref else None
+        old_values = torch.cat(values) if values else None
+        kl = None
+        if self.spec.kl_in_reward and ref_log_probs is not None:
+            kl = get_kl(t.kl_estimator)(old_log_probs, ref_log_probs)
+        advantages, returns = get_advantage(self.spec.advantage)(
+            scores.to(device), mask, group_ids=torch.tensor(group, device=device), values=old_values,
+            kl=kl, gamma=t.gamma, lam=t.lam, kl_coef=t.kl_coef if kl is not None else 0.0)
+        return Experience(ids, attn, mask, old_log_probs, ref_log_probs, old_values, advantages, returns)
+
+    def _reference_log_probs(self, ids: Tensor, attn: Tensor, start: int) -> Tensor:
+        m = self.m
+        if m.lora:
+            with self.accelerator.unwrap_model(m.policy).disable_adapter():
+                return token_log_probs(m.policy, ids, attn, self.t.temperature, start=start)[0]
+        return token_log_probs(m.reference, ids, attn, self.t.temperature, start=start)[0]
+
+    # ------------------------------------------------------------------ update
+
+    def update(self, exp: Experience, step: int) -> dict[str, float]:
+        """PPO-style epochs over mini-batches; returns mean loss statistics."""
+        t, m, acc = self.t, self.m, self.accelerator
+        gen = torch.Generator().manual_seed(self.cfg.base.seed * 7919 + step)
+        sums: dict[str, float] = {}
+        updates = 0
+        m.policy.train()
+        if m.critic is not None:
+            m.critic.train()
+        for _ in range(t.ppo_epochs):
+            for mini in torch.randperm(len(exp), generator=gen).split(t.mini_batch_size):
+                stats = self._update_mini_batch(exp, mini)
+                updates += 1
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+        m.policy.eval()
+        return {k: v / max(1, updates) for k, v in sums.items()}
+
+    def _update_mini_batch(self, exp: Experience, mini: Tensor) -> dict[str, float]:
+        t, m, acc = self.t, self.m, self.accelerator
+        tokens = exp.mask[mini].sum().clamp(min=1.0)
+        m.optimizer.zero_grad(set_to_none=True)
+        if m.critic_optimizer is not None:
+            m.critic_optimizer.zero_grad(set_to_none=True)
+        stats: dict[str, float] = {}
+
+        def add(name: str, value: float, weight: float) -> None:
+            stats[name] = stats.get(name, 0.0) + value * weight
+
+        for micro in mini.split(t.micro_batch_size):
+            e = exp.select(micro)
+            weight = float(e.mask.sum() / tokens)
+            if weight == 0.0:
+                continue
+            log_probs, entropy = token_log_probs(m.policy, e.input_ids, e.attention_mask, t.temperature,
+                                                 with_entropy=True, start=first_scored_position(e.mask))
+            old_log_probs = e.old_log_probs if e.old_log_probs is not None else log_probs.detach()
+            pg_loss, pg_stats = policy_loss(log_probs, old_log_probs, e.advantages, e.mask, clip_ratio=t.clip_ratio)
+            entropy_mean = aggregate(entropy, e.mask)
+            loss = pg_loss - t.entropy_coef * entropy_mean
+            if e.ref_log_probs is not None:
+                kl = aggregate(get_kl(t.kl_estimator)(log_probs, e.ref_log_probs), e.mask)
+                if not self.spec.kl_in_reward:
+                    loss = loss + t.kl_coef * kl
+                add("kl", kl.item(), weight)
+            acc.backward(loss * weight)
+            add("policy_loss", pg_loss.item(), weight)
+            add("entropy", entropy_mean.item(), weight)
+            for k, v in pg_stats.items():
+                add(k, v, weight)
+            if m.critic is not None:
+                values = critic_values(m.critic, e.input_ids, e.attention_mask)
+                v_loss, v_stats = value_loss(values, e.old_values, e.returns, e.mask, clip_range=t.value_clip)
+                acc.backward(v_loss * weight)
+                add("value_loss", v_loss.item(), weight)
+                for k, v in v_stats.items():
+                    add(k, v, weight)
+        stats["grad_norm"] = float(acc.clip_grad_norm_(m.policy.parameters(), t.max_grad_norm))
+        m.optimizer.step()
+        if m.critic is not None:
+            stats["critic_grad_norm"] = float(acc.clip_grad_norm_(m.critic.parameters(), t.max_grad_norm))
+            m.critic_optimizer.step()
+        return stats
+
+    # ------------------------------------------------------------------ outputs
+
+    def save(self, step: int) -> Path:
+        """Checkpoint after ``step`` steps (atomic; keeps the newest two)."""
+        m, acc = self.m, self.accelerator
+        trainer_state = {"optimizer": m.optimizer.state_dict(), "scheduler": m.scheduler.state_dict()}
+        if m.critic_optimizer is not None:
+            trainer_state["critic_optimizer"] = m.critic_optimizer.state_dict()
+        return save_checkpoint(
+            self.checkpoint_dir, step, policy=acc.unwrap_model(m.policy), tokenizer=m.tokenizer,
+            critic=acc.unwrap_model(m.critic) if m.critic is not None else None, trainer_state=trainer_state,
+            state={"config": self.cfg.model_dump(), "history": self.history})
+
+    def final_policy(self):
+        """The trained policy as a plain HF model (LoRA adapters merged into a copy)."""
+        policy = self.accelerator.unwrap_model(self.m.policy)
+        if self.m.lora:
+            return copy.deepcopy(policy).merge_and_unload()
+        return policy
