@@ -139,3 +139,19 @@ def test_real_tiny_model_rollout_shapes_and_masks(tok):
         # every masked-in token is inside the attended region and after the prompt
         assert (batch.loss_mask[i] <= batch.attention_mask[i]).all()
         assert batch.loss_mask[i, : int(batch.prompt_lengths[i])].sum() == 0
+
+
+def test_a_trajectory_that_would_outgrow_the_context_window_stops(tok):
+    def scripts():
+        return {"Q1": ["<search> a </search>"] * 5}
+
+    batch = run_rollouts(ScriptedPolicy(tok, scripts()), tok, RecordingEngine(), ["Q1"], [["a"]], max_turns=5,
+                         max_response_tokens=16, max_obs_tokens=512, max_context_tokens=10_000)
+    unlimited = batch.trajectories[0]
+    assert unlimited.turns == 5 and not unlimited.hit_context_limit
+    window = len(unlimited.prompt_ids) + 40
+    batch = run_rollouts(ScriptedPolicy(tok, scripts()), tok, RecordingEngine(), ["Q1"], [["a"]], max_turns=5,
+                         max_response_tokens=16, max_obs_tokens=512, max_context_tokens=window)
+    t = batch.trajectories[0]
+    assert t.hit_context_limit and t.turns < 5 and t.answer is None
+    assert len(t.context) + 16 > window and batch.stats()["context_limit_stops"] == 1

@@ -58,6 +58,7 @@ class Trajectory:
     noisy: list[bool | None] = field(default_factory=list)  # per search: docs asked noisy?
     truncated_observations: int = 0
     hit_length_limit: int = 0  # turns that ran out of max_new_tokens without stopping
+    hit_context_limit: bool = False  # stopped because the next turn could outgrow the window
 
     def append(self, ids: list[int], trained: bool) -> None:
         self.response_ids.extend(ids)
@@ -105,6 +106,7 @@ class RolloutBatch:
             "response_tokens": float(self.loss_mask.sum()) / n,
             "truncated_observations": float(sum(t.truncated_observations for t in ts)),
             "turns_hit_length_limit": float(sum(t.hit_length_limit for t in ts)),
+            "context_limit_stops": float(sum(t.hit_context_limit for t in ts)),
             "noisy_fraction": sum(noisy) / len(noisy) if noisy else 0.0,
         }
 
@@ -127,8 +129,12 @@ def run_rollouts(
     max_obs_tokens: int,
     step: int = 0,
     chat: bool = False,
+    max_context_tokens: int | None = None,
 ) -> RolloutBatch:
-    """Roll out one trajectory per question (repeat questions for a group)."""
+    """Roll out one trajectory per question (repeat questions for a group).
+
+    ``max_context_tokens``: a trajectory whose context could outgrow this window in its next
+    turn (context + ``max_response_tokens``) stops there without an answer (counted)."""
     trajs = [
         Trajectory(q, list(g), tokenizer(policy_prompt(q, tokenizer, chat=chat), add_special_tokens=False)["input_ids"])
         for q, g in zip(questions, golden_answers, strict=True)
@@ -137,6 +143,13 @@ def run_rollouts(
         active = [t for t in trajs if t.status == "generating"]
         if not active:
             break
+        if max_context_tokens is not None:
+            for t in active:
+                if len(t.context) + max_response_tokens > max_context_tokens:
+                    t.status, t.hit_context_limit = "done", True
+            active = [t for t in active if t.status == "generating"]
+            if not active:
+                break
         last_turn = turn == max_turns - 1
         outputs = generator.generate([t.context for t in active], max_response_tokens)
         for t, new_ids in zip(active, outputs, strict=True):

@@ -283,7 +283,8 @@ class RLTrainer:
         generator = HFGenerator(policy, self.m.tokenizer, temperature=t.temperature)
         batch = run_rollouts(generator, self.m.tokenizer, self.engine, [rows[i]["question"] for i in group],
                              [rows[i]["golden_answers"] for i in group], max_turns=t.max_turns,
-                             max_response_tokens=t.max_response_tokens, max_obs_tokens=t.max_obs_tokens, step=step)
+                             max_response_tokens=t.max_response_tokens, max_obs_tokens=t.max_obs_tokens, step=step,
+                             max_context_tokens=t.max_prompt_tokens)
         return batch, group
 
     def scores(self, batch: RolloutBatch) -> Tensor:
