@@ -42,6 +42,24 @@ def test_stage_flows_run_under_prefect_and_write_metrics(tmp_path, prefect_harne
     assert resumed["resumed_from_step"] == 2
     assert (tmp_path / "models" / "policy" / "model.safetensors").exists()
 
+    from prefect.client.orchestration import get_client
+
+    from flows.evaluate import evaluate_flow
+
+    evaluation = ["eval.max_samples=3", f"eval.policy={tmp_path}/models/policy", "eval.registered_model=''"]
+    result = evaluate_flow(str(REPO / "params.yaml"), overrides + train + evaluation)
+    assert json.loads((tmp_path / "metrics" / "eval.json").read_text()) == result["table"]
+    assert set(result["table"]) == {"direct", "rag", "base_agent", "agent"}
+
+    async def latest_artifact():
+        async with get_client() as client:
+            return await client.read_latest_artifacts()
+
+    import asyncio
+
+    artifacts = [a for a in asyncio.run(latest_artifact()) if a.key == "eval-table"]
+    assert artifacts and "| agent |" in artifacts[0].data
+
 
 def test_stage_runs_nest_under_one_pipeline_run(tmp_path, monkeypatch):
     import mlflow
@@ -98,9 +116,10 @@ def test_dvc_yaml_declares_stages_with_existing_params():
     """Every params key a stage declares exists in params.yaml; outs are the configured paths."""
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert list(dvc["stages"]) == ["data", "base", "simulator_sft", "train"]
+    commands = {"data": "data", "base": "base", "simulator_sft": "sft", "train": "train", "evaluate": "eval"}
+    assert list(dvc["stages"]) == list(commands)
     for name, stage in dvc["stages"].items():
-        assert stage["cmd"] == f"zerosearch {name.replace('simulator_', '')}"
+        assert stage["cmd"] == f"zerosearch {commands[name]}"
         for key in stage["params"]:
             node = params
             for part in key.split("."):

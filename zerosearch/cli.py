@@ -24,7 +24,7 @@ from zerosearch.config import Config, ConfigError, load_config
 
 app = typer.Typer(
     help="ZeroSearch: train a search agent against a simulated search engine.\n\n"
-    "Stages: data -> base -> sft -> train; `dvc repro` runs them all. `zerosearch serve` serves the simulator.",
+    "Stages: data -> base -> sft -> train -> eval; `dvc repro` runs them all; `zerosearch ask` queries the agent. `zerosearch serve` serves the simulator.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
@@ -104,6 +104,54 @@ def train(
             raise
         err.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
+
+
+@app.command("eval")
+def eval_(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
+    """Evaluate stage: every benchmark x method (direct, RAG, base agent, trained agent); writes metrics/eval.json."""
+    cfg = _config(params, set)
+    from flows.evaluate import evaluate_flow
+
+    result = evaluate_flow(str(params), set or [])
+    console.print(f"\n[bold]EM[/bold] (engine {cfg.eval.engine})\n")
+    console.print(result["markdown"], highlight=False)
+    if result["registered_model"]:
+        console.print(f"\nregistered: {result['registered_model']}")
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question to answer.")],
+    policy: Annotated[str | None, typer.Option(help="Policy: a directory, a hub id, or models:/<name>/<version> "
+                                               "from the MLflow registry. Default: eval.policy.")] = None,
+    engine: Annotated[str | None, typer.Option(help="bm25 | dense | web | simulated | hybrid. Default: eval.engine.")] = None,
+    gold: Annotated[list[str] | None, typer.Option(help="Gold answer(s): only a simulated engine reads them.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer and trajectory as JSON.")] = False,
+    params: ParamsOpt = Path("params.yaml"),
+    set: SetOpt = None,
+) -> None:
+    """Ask the search agent a question; prints its searches, the documents and the answer."""
+    cfg = _config(params, set)
+    from zerosearch.agent import Agent
+    from zerosearch.search.factory import open_engine
+
+    t = cfg.train
+    with open_engine(cfg, engine or cfg.eval.engine) as eng:
+        try:
+            agent = Agent.load(policy or cfg.eval.policy, eng, max_turns=t.max_turns,
+                               max_response_tokens=t.max_response_tokens, max_obs_tokens=t.max_obs_tokens)
+        except (OSError, FileNotFoundError) as e:
+            err.print(f"[red]error:[/red] cannot load policy {policy or cfg.eval.policy!r}: {e}", highlight=False)
+            raise typer.Exit(2) from None
+        answer = agent.ask(question, gold)
+    if as_json:
+        print(json.dumps(answer.to_dict(), indent=1))
+        return
+    styles = {"think": "dim", "search": "bold cyan", "information": "green", "answer": "bold magenta"}
+    console.print(f"[bold]Q:[/bold] {question}", highlight=False)
+    for step in answer.steps:
+        console.print(f"[{styles[step['kind']]}]{step['kind']}[/]: {step['text']}", highlight=False)
+    console.print(f"[bold]answer:[/bold] {answer.answer} ({answer.searches} searches)", highlight=False)
 
 
 @app.command()

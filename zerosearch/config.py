@@ -213,6 +213,15 @@ class TrainSection(_Section):
         return self
 
 
+class EvalSection(_Section):
+    policy: str
+    engine: Literal["bm25", "dense", "web", "simulated", "hybrid"]
+    methods: list[Literal["direct", "rag", "base_agent", "agent"]]
+    max_samples: Annotated[int, Field(ge=0)]
+    batch_size: PositiveInt
+    registered_model: str
+
+
 class Config(_Section):
     base: BaseSection
     data: DataSection
@@ -221,6 +230,7 @@ class Config(_Section):
     simulator: SimulatorSection
     simulator_sft: SimulatorSftSection
     train: TrainSection
+    eval: EvalSection
 
     def path(self, name: str) -> Path:
         """A path from ``base.paths`` (``data``, ``models``, ``metrics``)."""

@@ -1,7 +1,16 @@
-"""Evaluating a search agent: greedy rollouts over a benchmark, EM/F1 per example and on average.
+"""Evaluating search agents and baselines: greedy generation over benchmarks, EM/F1 tables.
 
-``predict`` rolls a policy out over QA rows in batches (greedy decoding) and returns one
-prediction record per row; ``summarize`` turns records into the benchmark's numbers.
+Methods (rows of the paper's Table 1, in miniature):
+
+- ``direct``: the model answers without searching (its response starts with ``<answer>``).
+- ``rag``: the question is retrieved once (top-k), the documents are given in an
+  ``<information>`` block, and the model answers (response starts with ``<answer>``).
+- ``base_agent`` / ``agent``: the multi-turn search loop (``zerosearch.rollout``) with the base
+  and the trained policy.
+
+``predict_*`` return one record per question (question, gold, prediction, EM, F1, searches,
+the trajectory text); ``summarize`` turns records into a benchmark's numbers and
+``table`` into the whole table with averages (all, in-domain, out-of-domain).
 """
 
 from __future__ import annotations
@@ -11,32 +20,98 @@ from typing import Any
 
 import torch
 
+from zerosearch.prompts import information_block, policy_prompt
 from zerosearch.rewards import exact_match, f1_score
 from zerosearch.rollout import HFGenerator, run_rollouts
 from zerosearch.search.base import SearchEngine
 
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 
-def predict(model, tokenizer, engine: SearchEngine, rows: Sequence[dict], *, max_turns: int,
-            max_response_tokens: int, max_obs_tokens: int, batch_size: int = 64, chat: bool = False) -> list[dict]:
-    """One record per row: question, gold, prediction, EM, F1, searches, invalid turns, trajectory text."""
+
+def _record(row: dict, prediction: str | None, trajectory: str, *, searches: int = 0, invalid: int = 0,
+            turns: int = 1) -> dict[str, Any]:
+    gold = list(row["golden_answers"])
+    return {"id": row.get("id"), "question": row["question"], "golden_answers": gold, "prediction": prediction,
+            "em": exact_match(prediction, gold), "f1": f1_score(prediction, gold), "searches": searches,
+            "invalid_actions": invalid, "turns": turns, "trajectory": trajectory}
+
+
+def _batches(rows: Sequence[dict], size: int):
+    for start in range(0, len(rows), size):
+        yield rows[start:start + size]
+
+
+def predict_agent(model, tokenizer, engine: SearchEngine, rows: Sequence[dict], *, max_turns: int,
+                  max_response_tokens: int, max_obs_tokens: int, max_context_tokens: int | None = None,
+                  batch_size: int = 64, chat: bool = False) -> list[dict]:
+    """The search agent, greedy: one record per row."""
     generator = HFGenerator(model, tokenizer, do_sample=False)
     model.eval()
-    records: list[dict[str, Any]] = []
+    records = []
     with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
+        for chunk in _batches(rows, batch_size):
             batch = run_rollouts(generator, tokenizer, engine, [r["question"] for r in chunk],
                                  [r["golden_answers"] for r in chunk], max_turns=max_turns,
-                                 max_response_tokens=max_response_tokens, max_obs_tokens=max_obs_tokens, chat=chat)
-            for row, traj in zip(chunk, batch.trajectories, strict=True):
-                records.append({
-                    "id": row.get("id"), "question": row["question"], "golden_answers": list(row["golden_answers"]),
-                    "prediction": traj.answer, "em": exact_match(traj.answer, row["golden_answers"]),
-                    "f1": f1_score(traj.answer, row["golden_answers"]), "searches": traj.searches,
-                    "invalid_actions": traj.invalid_actions, "turns": traj.turns,
-                    "trajectory": tokenizer.decode(traj.response_ids, skip_special_tokens=False),
-                })
+                                 max_response_tokens=max_response_tokens, max_obs_tokens=max_obs_tokens,
+                                 max_context_tokens=max_context_tokens, chat=chat)
+            for row, t in zip(chunk, batch.trajectories, strict=True):
+                records.append(_record(row, t.answer, tokenizer.decode(t.response_ids, skip_special_tokens=False),
+                                       searches=t.searches, invalid=t.invalid_actions, turns=t.turns))
     return records
+
+
+def _forced_answers(model, tokenizer, contexts: list[str], max_tokens: int) -> list[str]:
+    """Greedy continuation of each context (which ends with ``<answer>``) up to ``</answer>``."""
+    generator = HFGenerator(model, tokenizer, do_sample=False)
+    ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in contexts]
+    outs = generator.generate(ids, max_tokens)
+    return [tokenizer.decode(o, skip_special_tokens=False) for o in outs]
+
+
+def _answer_text(continuation: str) -> str | None:
+    """The answer a forced ``<answer>`` continuation gives: text up to ``</answer>``."""
+    text = continuation.split(ANSWER_CLOSE)[0]
+    for special in ("<|endoftext|>", "<|im_end|>", "</s>"):
+        text = text.split(special)[0]
+    return text.strip() or None
+
+
+def predict_direct(model, tokenizer, rows: Sequence[dict], *, max_response_tokens: int, batch_size: int = 64,
+                   chat: bool = False) -> list[dict]:
+    """Answer without searching: the response is forced to start with ``<answer>``."""
+    model.eval()
+    records = []
+    with torch.no_grad():
+        for chunk in _batches(rows, batch_size):
+            contexts = [policy_prompt(r["question"], tokenizer, chat=chat) + ANSWER_OPEN for r in chunk]
+            for row, out in zip(chunk, _forced_answers(model, tokenizer, contexts, max_response_tokens), strict=True):
+                records.append(_record(row, _answer_text(out), ANSWER_OPEN + out))
+    return records
+
+
+def predict_rag(model, tokenizer, engine: SearchEngine, rows: Sequence[dict], *, max_response_tokens: int,
+                max_obs_tokens: int, batch_size: int = 64, chat: bool = False) -> list[dict]:
+    """Retrieve once with the question as the query, then answer (forced ``<answer>``)."""
+    model.eval()
+    records = []
+    with torch.no_grad():
+        for chunk in _batches(rows, batch_size):
+            docs = engine.search([r["question"] for r in chunk], questions=[r["question"] for r in chunk],
+                                 answers=[r["golden_answers"] for r in chunk], step=0)
+            blocks = [_truncate(information_block(d), tokenizer, max_obs_tokens) for d in docs]
+            contexts = [policy_prompt(r["question"], tokenizer, chat=chat) + b + ANSWER_OPEN
+                        for r, b in zip(chunk, blocks, strict=True)]
+            outs = _forced_answers(model, tokenizer, contexts, max_response_tokens)
+            for row, block, out in zip(chunk, blocks, outs, strict=True):
+                records.append(_record(row, _answer_text(out), block + ANSWER_OPEN + out, searches=1))
+    return records
+
+
+def _truncate(block: str, tokenizer, max_tokens: int) -> str:
+    ids = tokenizer(block, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return block
+    return tokenizer.decode(ids[:max_tokens]) + "\n</information>\n"
 
 
 def summarize(records: Sequence[dict]) -> dict[str, float]:
@@ -51,3 +126,30 @@ def summarize(records: Sequence[dict]) -> dict[str, float]:
         "answered": sum(r["prediction"] is not None for r in records) / n,
         "format_error_rate": sum(r["invalid_actions"] for r in records) / turns,
     }
+
+
+def table(results: dict[str, dict[str, dict[str, float]]], in_domain: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``results[method][benchmark] = summarize(...)`` -> per method: the benchmarks plus
+    ``average`` / ``in_domain`` / ``out_of_domain`` EM and F1 (unweighted means over benchmarks)."""
+    out: dict[str, dict[str, Any]] = {}
+    for method, per_bench in results.items():
+        row: dict[str, Any] = {b: {k: round(v, 4) for k, v in s.items()} for b, s in per_bench.items()}
+        groups: dict[str, list[str]] = {
+            "average": list(per_bench), "in_domain": [b for b in per_bench if b in in_domain],
+            "out_of_domain": [b for b in per_bench if b not in in_domain]}
+        for name, benches in groups.items():
+            if benches:
+                row[name] = {m: round(sum(per_bench[b][m] for b in benches) / len(benches), 4) for m in ("em", "f1")}
+        out[method] = row
+    return out
+
+
+def markdown_table(tab: dict[str, dict[str, Any]], benchmarks: Sequence[str], metric: str = "em") -> str:
+    """The table as markdown: rows methods, columns benchmarks then the averages."""
+    extra = [c for c in ("in_domain", "out_of_domain", "average") if any(c in r for r in tab.values())]
+    cols = [*benchmarks, *extra]
+    lines = [f"| method | {' | '.join(cols)} |", "|---" * (len(cols) + 1) + "|"]
+    for method, row in tab.items():
+        cells = [f"{row[c][metric]:.3f}" if c in row else "" for c in cols]
+        lines.append(f"| {method} | {' | '.join(cells)} |")
+    return "\n".join(lines)

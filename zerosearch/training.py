@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from zerosearch.config import Config
 from zerosearch.data.schema import read_qa_parquet
 from zerosearch.rl.trainer import RLTrainer
 from zerosearch.search.base import SearchEngine
+from zerosearch.search.factory import open_engine
 from zerosearch.tracking import NullTracker, write_csv
 
 # Columns of the plots file, in order (a resumed run rewrites it from the checkpoint history).
@@ -36,22 +36,6 @@ def checkpoint_dir(cfg: Config) -> Path:
 
 def policy_dir(cfg: Config) -> Path:
     return cfg.path("models") / "policy"
-
-
-@contextlib.contextmanager
-def training_engine(cfg: Config) -> Iterator[SearchEngine]:
-    """The engine of ``train.engine``, with the simulator served for the duration when needed."""
-    from zerosearch.search.factory import make_engine, server_spec
-
-    name = cfg.train.engine
-    if name == "bm25":
-        yield make_engine(cfg, "bm25")
-        return
-    from zerosearch.serving import serve_simulator
-
-    log = cfg.path("models") / "simulator_server.log"
-    with serve_simulator(server_spec(cfg), startup_timeout=cfg.simulator.startup_timeout, log_path=log) as url:
-        yield make_engine(cfg, name, simulator_url=url, total_steps=cfg.train.total_steps)
 
 
 def curve_row(step: int, metrics: dict[str, float]) -> dict[str, Any]:
@@ -69,7 +53,8 @@ def train_policy(cfg: Config, tracker: NullTracker = NullTracker(), *, resume: b
     curve_path = cfg.path("metrics") / "train_curve.csv"
     with contextlib.ExitStack() as stack:
         if engine is None:
-            engine = stack.enter_context(training_engine(cfg))
+            engine = stack.enter_context(open_engine(cfg, cfg.train.engine, total_steps=cfg.train.total_steps,
+                                                     log_path=cfg.path("models") / "simulator_server.log"))
         trainer = RLTrainer(cfg, engine, rows, checkpoint_dir=ckpts, tracker=tracker)
 
         def on_step(step: int, metrics: dict[str, float]) -> None:

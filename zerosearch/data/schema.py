@@ -120,7 +120,11 @@ def read_qa_parquet(path: str | Path) -> list[dict[str, Any]]:
     missing = [c for c in QA_COLUMNS if c not in table.column_names]
     if missing:
         raise MalformedRowError(f"{path}: missing columns {missing}")
-    return table.select(list(QA_COLUMNS)).to_pylist()
+    rows = table.select(list(QA_COLUMNS)).to_pylist()
+    for i, row in enumerate(rows):  # a hand-edited or foreign file: fail naming the row
+        normalize_row(row, source=str(path), row_index=i, data_source=row.get("data_source") or "",
+                      split=row.get("split") or "")
+    return rows
 
 
 def write_jsonl(records: Iterable[Mapping[str, Any]], path: str | Path) -> Path:

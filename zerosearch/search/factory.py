@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
 from zerosearch.config import Config
 from zerosearch.search.base import SearchEngine
 
@@ -72,3 +76,16 @@ def server_spec(cfg: Config):
     sim = cfg.simulator
     return ServerSpec(backend=sim.backend, model=cfg.served_simulator(), port=sim.port, tp=sim.tp, dp=sim.dp,
                       url=sim.url, extra_args=tuple(sim.server_args) if sim.backend == "transformers" else ())
+
+
+@contextlib.contextmanager
+def open_engine(cfg: Config, name: str, *, total_steps: int | None = None,
+                log_path: str | Path | None = None) -> Iterator[SearchEngine]:
+    """Engine ``name``, with the simulator served (and stopped after) when it needs one."""
+    if name not in ("simulated", "hybrid"):
+        yield make_engine(cfg, name)
+        return
+    from zerosearch.serving import serve_simulator
+
+    with serve_simulator(server_spec(cfg), startup_timeout=cfg.simulator.startup_timeout, log_path=log_path) as url:
+        yield make_engine(cfg, name, simulator_url=url, total_steps=total_steps)
