@@ -6,7 +6,7 @@ from zerosearch.base_models import build_base
 from zerosearch.data.build import build_data
 from zerosearch.data.schema import read_jsonl
 from zerosearch.search.simulated import sft_prompt
-from zerosearch.simulator_sft import balance, build_simulator_sft, contains_answer, sft_example
+from zerosearch.simulator_sft import balance, contains_answer, sft_example
 
 
 def test_contains_answer_whole_words_normalized():

@@ -100,8 +100,9 @@ class Experience:
 
 
 def token_log_probs(model, input_ids: Tensor, attention_mask: Tensor, temperature: float = 1.0,
-                    with_entropy: bool = False, start: int = 0) -> tuple[Tensor, Tensor | None]:
-    """Log-prob of each next token, ``(B, L - 1)``, and optionally the entropy there.
+                    with_entropy: bool | str = False, start: int = 0) -> tuple[Tensor, Tensor | None]:
+    """Log-prob of each next token, ``(B, L - 1)``, and optionally the entropy there
+    (``with_entropy="grad"``: with its gradient, for an entropy bonus; ``True``: detached).
 
     Only positions ``>= start`` are computed (``logits_to_keep``: with a 150k vocabulary the
     prompt's logits would dominate memory); earlier positions are 0.
@@ -113,7 +114,9 @@ def token_log_probs(model, input_ids: Tensor, attention_mask: Tensor, temperatur
         logits = logits / temperature
     targets = input_ids[:, start + 1:].unsqueeze(-1)
     log_probs = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    entropy = entropy_from_logits(logits) if with_entropy else None
+    entropy = None
+    if with_entropy:  # differentiable only when it is in the loss (an entropy bonus)
+        entropy = entropy_from_logits(logits if with_entropy == "grad" else logits.detach())
     pad = (lambda x: torch.nn.functional.pad(x, (start, 0))) if start else (lambda x: x)
     return pad(log_probs), (pad(entropy) if entropy is not None else None)
 
@@ -362,7 +365,7 @@ class RLTrainer:
 
     def update(self, exp: Experience, step: int) -> dict[str, float]:
         """PPO-style epochs over mini-batches; returns mean loss statistics."""
-        t, m, acc = self.t, self.m, self.accelerator
+        t, m = self.t, self.m
         gen = torch.Generator().manual_seed(self.cfg.base.seed * 7919 + step)
         sums: dict[str, float] = {}
         updates = 0
@@ -395,7 +398,8 @@ class RLTrainer:
             if weight == 0.0:
                 continue
             log_probs, entropy = token_log_probs(m.policy, e.input_ids, e.attention_mask, t.temperature,
-                                                 with_entropy=True, start=first_scored_position(e.mask))
+                                                 with_entropy="grad" if t.entropy_coef else True,
+                                                 start=first_scored_position(e.mask))
             old_log_probs = e.old_log_probs if e.old_log_probs is not None else log_probs.detach()
             pg_loss, pg_stats = policy_loss(log_probs, old_log_probs, e.advantages, e.mask, clip_ratio=t.clip_ratio)
             entropy_mean = aggregate(entropy, e.mask)
