@@ -85,6 +85,7 @@ def test_baselines_force_an_answer_and_rag_retrieves_once(world):
     assert direct[0]["trajectory"].startswith("<answer>") and direct[0]["searches"] == 0
     rag = predict_rag(model, tok, make_engine(cfg, "bm25"), rows, max_response_tokens=8, max_obs_tokens=64)
     assert rag[0]["trajectory"].lstrip().startswith("<information>") and rag[0]["searches"] == 1
+    assert rag[0]["turns"] == 1
 
 
 def test_a_malformed_benchmark_row_is_an_error_naming_file_and_row(world, tmp_path):

@@ -4,7 +4,7 @@ Methods (rows of the paper's Table 1, in miniature):
 
 - ``direct``: the model answers without searching (its response starts with ``<answer>``).
 - ``rag``: the question is retrieved once (top-k), the documents are given in an
-  ``<information>`` block, and the model answers (response starts with ``<answer>``).
+  ``<information>`` block, and the model writes one turn (thinks, answers).
 - ``base_agent`` / ``agent``: the multi-turn search loop (``zerosearch.rollout``) with the base
   and the trained policy.
 
@@ -22,7 +22,7 @@ import torch
 
 from zerosearch.prompts import information_block, policy_prompt
 from zerosearch.rewards import exact_match, f1_score
-from zerosearch.rollout import HFGenerator, run_rollouts
+from zerosearch.rollout import HFGenerator, parse_action, run_rollouts
 from zerosearch.search.base import SearchEngine
 
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
@@ -91,7 +91,10 @@ def predict_direct(model, tokenizer, rows: Sequence[dict], *, max_response_token
 
 def predict_rag(model, tokenizer, engine: SearchEngine, rows: Sequence[dict], *, max_response_tokens: int,
                 max_obs_tokens: int, batch_size: int = 64, chat: bool = False) -> list[dict]:
-    """Retrieve once with the question as the query, then answer (forced ``<answer>``)."""
+    """Retrieve once with the question as the query, put the documents in an ``<information>``
+    block after the prompt, and let the model write one turn: its ``<answer>`` is the
+    prediction (a search instead gets nothing: retrieval happened once)."""
+    generator = HFGenerator(model, tokenizer, do_sample=False)
     model.eval()
     records = []
     with torch.no_grad():
@@ -99,11 +102,14 @@ def predict_rag(model, tokenizer, engine: SearchEngine, rows: Sequence[dict], *,
             docs = engine.search([r["question"] for r in chunk], questions=[r["question"] for r in chunk],
                                  answers=[r["golden_answers"] for r in chunk], step=0)
             blocks = [_truncate(information_block(d), tokenizer, max_obs_tokens) for d in docs]
-            contexts = [policy_prompt(r["question"], tokenizer, chat=chat) + b + ANSWER_OPEN
-                        for r, b in zip(chunk, blocks, strict=True)]
-            outs = _forced_answers(model, tokenizer, contexts, max_response_tokens)
+            contexts = [tokenizer(policy_prompt(r["question"], tokenizer, chat=chat) + b,
+                                  add_special_tokens=False)["input_ids"] for r, b in zip(chunk, blocks, strict=True)]
+            outs = [tokenizer.decode(o, skip_special_tokens=False)
+                    for o in generator.generate(contexts, max_response_tokens)]
             for row, block, out in zip(chunk, blocks, outs, strict=True):
-                records.append(_record(row, _answer_text(out), block + ANSWER_OPEN + out, searches=1))
+                action = parse_action(out)
+                answer = action[1] if action and action[0] == "answer" else None
+                records.append(_record(row, answer, block + out, searches=1, invalid=int(action is None)))
     return records
 
 
