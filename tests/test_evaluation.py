@@ -140,8 +140,9 @@ def test_policy_registers_in_mlflow_and_ask_loads_it_back(world, tmp_path, monke
     mlflow.set_experiment(experiment_id=mlflow.create_experiment("t", artifact_location=str(tmp_path / "art")))
     with mlflow.start_run():
         uri = MlflowTracker(mlflow).log_model(world / "models" / "base" / "policy", "zs-test",
-                                              index=world / "data" / "bm25")
+                                              index=world / "data" / "bm25", metrics={"eval.average.em": 0.25})
     assert uri == "models:/zs-test/1"
+    assert mlflow.MlflowClient().get_model_version("zs-test", "1").tags["eval.average.em"] == "0.25"
     local = resolve_policy(uri)
     assert (Path(local) / "config.json").exists() and load_model(local)[0].config.model_type == "qwen2"
     answers = mlflow.pyfunc.load_model(uri).predict(["Where was X born?"])

@@ -139,8 +139,9 @@ def evaluate(cfg: Config, tracker: NullTracker = NullTracker(), engine=None) -> 
     registered = None
     if "agent" in cfg.eval.methods:
         index = cfg.path("data") / "bm25"  # the registered agent searches it when loaded from MLflow
+        agent_metrics = {f"eval.{k}": v for k, v in flatten(tab["agent"]).items() if k.endswith(".em")}
         registered = tracker.log_model(cfg.eval.policy, cfg.eval.registered_model,
-                                       index=index if index.exists() else None)
+                                       index=index if index.exists() else None, metrics=agent_metrics)
     md = markdown_table(tab, list(benchmarks))
     return {"table": tab, "markdown": md, "registered_model": registered, "seconds": time.perf_counter() - t0}
 

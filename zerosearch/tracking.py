@@ -30,7 +30,8 @@ class NullTracker:
     def log_params(self, params: Mapping[str, Any]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
     def log_artifact(self, path: str | Path) -> None: ...
-    def log_model(self, path: str | Path, registered_name: str = "", index: str | Path | None = None) -> str | None: ...
+    def log_model(self, path: str | Path, registered_name: str = "", index: str | Path | None = None,
+                  metrics: Mapping[str, float] | None = None) -> str | None: ...
 
 
 class MemoryTracker(NullTracker):
@@ -51,7 +52,8 @@ class MemoryTracker(NullTracker):
     def log_artifact(self, path: str | Path) -> None:
         self.artifacts.append(str(path))
 
-    def log_model(self, path: str | Path, registered_name: str = "", index: str | Path | None = None) -> str | None:
+    def log_model(self, path: str | Path, registered_name: str = "", index: str | Path | None = None,
+                  metrics: Mapping[str, float] | None = None) -> str | None:
         self.models.append((str(path), registered_name))
         return f"memory:/{registered_name}" if registered_name else None
 
@@ -73,17 +75,23 @@ class MlflowTracker(NullTracker):
     def log_artifact(self, path: str | Path) -> None:
         self.mlflow.log_artifact(str(path))
 
-    def log_model(self, path: str | Path, registered_name: str = "", index: str | Path | None = None) -> str | None:
+    def log_model(self, path: str | Path, registered_name: str = "", index: str | Path | None = None,
+                  metrics: Mapping[str, float] | None = None) -> str | None:
         """Log an HF policy directory as an MLflow pyfunc model (``zerosearch.agent.AgentPyfunc``;
-        with ``index`` a BM25 index it searches) and, with ``registered_name``, register it;
-        returns ``models:/<name>/<version>`` or None."""
+        with ``index`` a BM25 index it searches) and, with ``registered_name``, register it with
+        ``metrics`` as version tags; returns ``models:/<name>/<version>`` or None."""
         from zerosearch.agent import AgentPyfunc
 
         artifacts = {"policy": str(path), **({"bm25": str(index)} if index else {})}
         info = self.mlflow.pyfunc.log_model(name="policy", python_model=AgentPyfunc(), artifacts=artifacts,
                                             registered_model_name=registered_name or None)
         version = getattr(info, "registered_model_version", None)
-        return f"models:/{registered_name}/{version}" if registered_name and version else None
+        if not (registered_name and version):
+            return None
+        client = self.mlflow.MlflowClient()
+        for key, value in (metrics or {}).items():
+            client.set_model_version_tag(registered_name, str(version), key, str(value))
+        return f"models:/{registered_name}/{version}"
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
