@@ -28,7 +28,8 @@ def run(cmd, cwd, env):
 
 SHORT = {("tiny_models", "policy_pretrain", "steps"): 300, ("tiny_models", "n_demos"): 600,
          ("simulator_sft", "n_questions"): 200, ("simulator_sft", "demo_world_searches"): 200,
-         ("simulator_sft", "train", "steps"): 60, ("train", "total_steps"): 3, ("train", "save_every"): 2}
+         ("simulator_sft", "train", "steps"): 60, ("train", "total_steps"): 3, ("train", "save_every"): 2,
+         ("eval", "max_samples"): 20}
 
 
 def _shorten_training(params: Path) -> None:
@@ -81,6 +82,12 @@ def test_dvc_repro_builds_everything_then_has_nothing_to_do(repo_copy):
     assert (repo / "models" / "train_checkpoints" / "step_000003" / "state.json").exists()
     curve = (repo / "metrics" / "train_curve.csv").read_text().splitlines()
     assert curve[0].startswith("step,reward_mean") and len(curve) == 4
+    # evaluate: the table for every method and benchmark, predictions, plots
+    table = json.loads((repo / "metrics" / "eval.json").read_text())
+    assert set(table) == {"direct", "rag", "base_agent", "agent"}
+    assert all(0.0 <= table[m]["average"]["em"] <= 1.0 for m in table)
+    assert len((repo / "metrics" / "eval_predictions.jsonl").read_text().splitlines()) == 4 * 3 * 20
+    assert (repo / "metrics" / "eval_plots" / "train_curves.png").exists()
     second = run(["dvc", "repro"], repo, env)
     assert "didn't change" in second and "Running stage" not in second
     shown = run(["dvc", "metrics", "show", "--json"], repo, env)
@@ -95,12 +102,13 @@ def test_stage_runs_are_in_mlflow_under_one_parent(repo_copy):
     exp = client.get_experiment_by_name("zerosearch")
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert sorted(r.data.tags["stage"] for r in children) == ["base", "data", "simulator_sft", "train"]
+    assert sorted(r.data.tags["stage"] for r in children) == ["base", "data", "evaluate", "simulator_sft", "train"]
     assert len({r.data.tags["mlflow.parentRunId"] for r in children}) == 1
     base_run = next(r for r in children if r.data.tags["stage"] == "base")
     assert len(client.get_metric_history(base_run.info.run_id, "policy_loss")) == 300
     train_run = next(r for r in children if r.data.tags["stage"] == "train")
     assert len(client.get_metric_history(train_run.info.run_id, "noisy_fraction")) == 3
+    assert client.search_model_versions("name='zerosearch-policy'")  # the evaluate stage registered it
 
 
 def test_served_simulator_answers_searches(repo_copy):
