@@ -125,3 +125,12 @@ def test_cli_stage_rejects_bad_override_before_running(tmp_path):
     result = CliRunner().invoke(app, ["data", "--params", str(REPO / "params.yaml"), "--set", "data.world.n_entities=5"])
     assert result.exit_code == 2
     assert "data.world.n_entities" in result.output
+
+
+@pytest.mark.parametrize("name", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
+def test_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(REPO / "configs" / "accelerate" / name))
+    assert cfg.distributed_type == "DEEPSPEED" and cfg.mixed_precision == "bf16"
+    assert cfg.deepspeed_config["zero_stage"] == int(name[-6])

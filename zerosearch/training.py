@@ -58,11 +58,13 @@ def train_policy(cfg: Config, tracker: NullTracker = NullTracker(), *, resume: b
         trainer = RLTrainer(cfg, engine, rows, checkpoint_dir=ckpts, tracker=tracker)
 
         def on_step(step: int, metrics: dict[str, float]) -> None:
-            write_csv([curve_row(h["step"], h) for h in trainer.history], curve_path)
+            if trainer.accelerator.is_main_process:
+                write_csv([curve_row(h["step"], h) for h in trainer.history], curve_path)
 
         trainer.on_step = on_step
         history = trainer.fit(resume=resume)
-    save_atomically(trainer.final_policy(), trainer.m.tokenizer, policy_dir(cfg))
+    if trainer.accelerator.is_main_process:
+        save_atomically(trainer.final_policy(), trainer.m.tokenizer, policy_dir(cfg))
     last = history[-min(5, len(history)):]
     summary = {
         "algorithm": cfg.train.algorithm, "engine": cfg.train.engine, "steps": cfg.train.total_steps,

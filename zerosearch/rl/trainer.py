@@ -26,8 +26,10 @@ Departures from the reference (Search-R1 / ZeroSearch on veRL):
   policy's weights with a fresh head, a separate model as in veRL.
 - With LoRA the reference model is the policy with its adapters disabled (no second copy).
 
-Distribution goes through ``accelerate``: the same code runs single-process on CPU and
-multi-GPU with the DeepSpeed configs in ``configs/accelerate/``.
+Distribution goes through ``accelerate`` (models, optimizers, backward, gradient clipping;
+only the main process writes checkpoints): the same code runs single-process on CPU. The
+DeepSpeed configs in ``configs/accelerate/`` are for multi-GPU runs, which have not been
+exercised yet (the GPU issue).
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ from torch import Tensor
 from zerosearch.config import Config
 from zerosearch.rewards import exact_match, get_reward
 from zerosearch.rl.algorithms import aggregate, entropy_from_logits, get_advantage, get_kl, policy_loss, value_loss
-from zerosearch.rl.checkpoint import (config_differences, latest_checkpoint, load_state, save_checkpoint,
-                                      set_rng_state)
+from zerosearch.rl.checkpoint import (checkpoint_path, config_differences, latest_checkpoint, load_state,
+                                      save_checkpoint, set_rng_state)
 from zerosearch.rollout import HFGenerator, RolloutBatch, run_rollouts
 from zerosearch.search.base import SearchEngine
 from zerosearch.tracking import NullTracker
@@ -433,6 +435,9 @@ class RLTrainer:
     def save(self, step: int) -> Path:
         """Checkpoint after ``step`` steps (atomic; keeps the newest two)."""
         m, acc = self.m, self.accelerator
+        acc.wait_for_everyone()
+        if not acc.is_main_process:  # one writer under `accelerate launch`
+            return checkpoint_path(self.checkpoint_dir, step)
         trainer_state = {"optimizer": m.optimizer.state_dict(), "scheduler": m.scheduler.state_dict()}
         if m.critic_optimizer is not None:
             trainer_state["critic_optimizer"] = m.critic_optimizer.state_dict()
