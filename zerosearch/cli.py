@@ -151,7 +151,9 @@ def ask(
     console.print(f"[bold]Q:[/bold] {question}", highlight=False)
     for step in answer.steps:
         console.print(f"[{styles[step['kind']]}]{step['kind']}[/]: {step['text']}", highlight=False)
-    console.print(f"[bold]answer:[/bold] {answer.answer} ({answer.searches} searches)", highlight=False)
+    plural = "" if answer.searches == 1 else "es"
+    console.print(f"[bold]=> {answer.answer or '(no answer)'}[/bold] after {answer.searches} search{plural}",
+                  highlight=False)
 
 
 @app.command()
