@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from zerosearch.config import ModelShape
+from zerosearch.config import LoraSection, ModelShape
 
 PROTOCOL_TAGS = ["<think>", "</think>", "<search>", "</search>", "<information>", "</information>",
                  "<answer>", "</answer>"]
@@ -126,3 +126,14 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
             ids[row, width - len(s):] = torch.tensor(s)
             mask[row, width - len(s):] = 1
     return ids, mask
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def with_lora(model, lora: LoraSection):
+    """``model`` wrapped with fresh peft LoRA adapters on every attention and MLP projection."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                            task_type="CAUSAL_LM", target_modules=LORA_TARGETS))

@@ -20,7 +20,6 @@ BM25; the counterfactual noisy pairs are ours.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from zerosearch.base_models import save_atomically
 from zerosearch.config import Config, LoraSection, PretrainRun
 from zerosearch.data.demos import demo_searches, demo_world
 from zerosearch.data.schema import read_jsonl, read_qa_parquet, write_jsonl
-from zerosearch.models import load_model
+from zerosearch.models import load_model, with_lora
 from zerosearch.rewards import normalize_answer
 from zerosearch.rollout import Generator, HFGenerator, run_rollouts
 from zerosearch.search.base import Doc, SearchEngine, format_docs
@@ -121,11 +120,7 @@ def finetune(model, tokenizer, examples: list[list[Segment]], run: PretrainRun, 
              on_step=None):
     """Supervised fine-tuning, full or LoRA; returns the (merged) model and the losses."""
     if lora.enabled:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        model = with_lora(model, lora)
     losses = train_causal_lm(model, pack_examples(tokenizer, examples, run.seq_len), run, seed,
                              desc="simulator sft", on_step=on_step)
     if lora.enabled:

@@ -234,14 +234,13 @@ class RLTrainer:
         return Models(policy, tokenizer, optimizer, scheduler, reference, critic, critic_optimizer, t.lora.enabled)
 
     def _with_lora(self, policy, ckpt: Path | None):
-        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft import PeftModel
+
+        from zerosearch.models import with_lora
 
         if ckpt is not None:
             return PeftModel.from_pretrained(policy, ckpt / "policy", is_trainable=True)
-        lora = self.t.lora
-        return get_peft_model(policy, LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        return with_lora(policy, self.t.lora)
 
     def _load_critic(self, ckpt: Path | None):
         from transformers import AutoModelForTokenClassification
