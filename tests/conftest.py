@@ -48,3 +48,16 @@ def micro_config(root: Path, *extra: str) -> Config:
 @pytest.fixture
 def micro_cfg(tmp_path: Path) -> Config:
     return micro_config(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def micro_world(tmp_path_factory) -> Path:
+    """A micro world with its data and base stages built, shared by one test module."""
+    from zerosearch.base_models import build_base
+    from zerosearch.data.build import build_data
+
+    root = tmp_path_factory.mktemp("micro")
+    cfg = micro_config(root)
+    build_data(cfg)
+    build_base(cfg)
+    return root

@@ -1,4 +1,4 @@
-"""The RL trainer on the micro world: steps, checkpoints, exact resume, PPO critic, LoRA, the stage."""
+"""The RL trainer on the micro micro_world: steps, checkpoints, exact resume, PPO critic, LoRA, the stage."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import micro_config
-from zerosearch.base_models import build_base
-from zerosearch.data.build import build_data
 from zerosearch.data.schema import read_qa_parquet
 from zerosearch.rl.checkpoint import latest_checkpoint, list_checkpoints
 from zerosearch.rl.trainer import RLTrainer, token_log_probs
@@ -23,15 +21,6 @@ TRAIN = ["train.engine=bm25", "train.batch_prompts=2", "train.group_size=2", "tr
          "train.micro_batch_size=1", "train.total_steps=4", "train.save_every=2", "train.lr=0.001",
          "train.warmup_ratio=0.25", "train.kl_coef=0.01", "train.gradient_checkpointing=false",
          "train.max_turns=2", "train.max_response_tokens=16"]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("micro")
-    cfg = micro_config(root)
-    build_data(cfg)
-    build_base(cfg)
-    return root
 
 
 def _cfg(root: Path, tmp: Path, *extra: str):
@@ -45,8 +34,8 @@ def _trainer(cfg, ckpt_dir: Path) -> RLTrainer:
     return RLTrainer(cfg, make_engine(cfg, "bm25"), rows, checkpoint_dir=ckpt_dir)
 
 
-def test_grpo_steps_log_metrics_checkpoint_and_change_the_policy(world, tmp_path):
-    cfg = _cfg(world, tmp_path)
+def test_grpo_steps_log_metrics_checkpoint_and_change_the_policy(micro_world, tmp_path):
+    cfg = _cfg(micro_world, tmp_path)
     trainer = _trainer(cfg, tmp_path / "ckpt")
     history = trainer.fit()
     assert [h["step"] for h in history] == [0, 1, 2, 3]
@@ -62,8 +51,8 @@ def test_grpo_steps_log_metrics_checkpoint_and_change_the_policy(world, tmp_path
     assert changed, "no parameter moved"
 
 
-def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(world, tmp_path):
-    cfg = _cfg(world, tmp_path)
+def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(micro_world, tmp_path):
+    cfg = _cfg(micro_world, tmp_path)
     full = _trainer(cfg, tmp_path / "a").fit()
 
     interrupted = _trainer(cfg, tmp_path / "b")
@@ -86,16 +75,16 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(world, tm
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
 
 
-def test_resume_refuses_a_changed_config(world, tmp_path):
-    cfg = _cfg(world, tmp_path, "train.total_steps=2")
+def test_resume_refuses_a_changed_config(micro_world, tmp_path):
+    cfg = _cfg(micro_world, tmp_path, "train.total_steps=2")
     _trainer(cfg, tmp_path / "c").fit()
-    changed = _cfg(world, tmp_path, "train.total_steps=2", "train.lr=0.01")
+    changed = _cfg(micro_world, tmp_path, "train.total_steps=2", "train.lr=0.01")
     with pytest.raises(ValueError, match="train.lr"):
         _trainer(changed, tmp_path / "c").fit(resume=True)
 
 
-def test_ppo_trains_a_critic_and_checkpoints_it(world, tmp_path):
-    cfg = _cfg(world, tmp_path, "train.algorithm=ppo", "train.total_steps=2")
+def test_ppo_trains_a_critic_and_checkpoints_it(micro_world, tmp_path):
+    cfg = _cfg(micro_world, tmp_path, "train.algorithm=ppo", "train.total_steps=2")
     trainer = _trainer(cfg, tmp_path / "ckpt")
     history = trainer.fit()
     assert all(math.isfinite(h["value_loss"]) and h["critic_grad_norm"] >= 0 for h in history)
@@ -104,15 +93,15 @@ def test_ppo_trains_a_critic_and_checkpoints_it(world, tmp_path):
     assert resumed.setup(resume=True) == 2 and resumed.m.critic is not None
 
 
-def test_reinforce_pp_runs_without_critic(world, tmp_path):
-    cfg = _cfg(world, tmp_path, "train.algorithm=reinforce_pp", "train.total_steps=1")
+def test_reinforce_pp_runs_without_critic(micro_world, tmp_path):
+    cfg = _cfg(micro_world, tmp_path, "train.algorithm=reinforce_pp", "train.total_steps=1")
     trainer = _trainer(cfg, tmp_path / "ckpt")
     history = trainer.fit()
     assert trainer.m.critic is None and "value_loss" not in history[0]
 
 
-def test_lora_trains_adapters_only_and_merges(world, tmp_path):
-    cfg = _cfg(world, tmp_path, "train.lora.enabled=true", "train.lora.r=4", "train.lora.alpha=8",
+def test_lora_trains_adapters_only_and_merges(micro_world, tmp_path):
+    cfg = _cfg(micro_world, tmp_path, "train.lora.enabled=true", "train.lora.r=4", "train.lora.alpha=8",
                "train.total_steps=2", "train.lr=0.05", "train.entropy_coef=0.5")  # entropy moves B off 0
     trainer = _trainer(cfg, tmp_path / "ckpt")
     trainer.fit()
@@ -126,8 +115,8 @@ def test_lora_trains_adapters_only_and_merges(world, tmp_path):
     assert any(not torch.equal(p, base[n]) for n, p in merged.named_parameters())
 
 
-def test_experience_masks_only_policy_tokens_and_old_log_probs_match(world, tmp_path):
-    cfg = _cfg(world, tmp_path)
+def test_experience_masks_only_policy_tokens_and_old_log_probs_match(micro_world, tmp_path):
+    cfg = _cfg(micro_world, tmp_path)
     trainer = _trainer(cfg, tmp_path / "ckpt")
     trainer.setup()
     batch, group = trainer.rollout(0)
@@ -141,8 +130,8 @@ def test_experience_masks_only_policy_tokens_and_old_log_probs_match(world, tmp_
     assert torch.allclose(logp[on], exp.old_log_probs[on], atol=1e-5)
 
 
-def test_train_stage_writes_policy_curve_and_summary(world, tmp_path):
-    cfg = _cfg(world, tmp_path, "train.total_steps=2")
+def test_train_stage_writes_policy_curve_and_summary(micro_world, tmp_path):
+    cfg = _cfg(micro_world, tmp_path, "train.total_steps=2")
     summary = train_policy(cfg)
     policy = AutoModelForCausalLM.from_pretrained(tmp_path / "models" / "policy")
     assert policy.config.model_type == "qwen2"
@@ -152,8 +141,8 @@ def test_train_stage_writes_policy_curve_and_summary(world, tmp_path):
     json.dumps(summary)  # serializable for metrics/train.json
 
 
-def test_one_update_raises_the_rewarded_trajectory_and_lowers_the_others(world, tmp_path):
-    cfg = _cfg(world, tmp_path, "train.kl_coef=0.0", "train.lr=0.01", "train.warmup_ratio=0.0")
+def test_one_update_raises_the_rewarded_trajectory_and_lowers_the_others(micro_world, tmp_path):
+    cfg = _cfg(micro_world, tmp_path, "train.kl_coef=0.0", "train.lr=0.01", "train.warmup_ratio=0.0")
     trainer = _trainer(cfg, tmp_path / "ckpt")
     trainer.setup()
     batch, group = trainer.rollout(0)
@@ -168,8 +157,8 @@ def test_one_update_raises_the_rewarded_trajectory_and_lowers_the_others(world, 
     assert delta[1] < 0 and delta[2] < 0
 
 
-def test_log_probs_from_a_later_start_match_the_full_computation(world, tmp_path):
-    cfg = _cfg(world, tmp_path)
+def test_log_probs_from_a_later_start_match_the_full_computation(micro_world, tmp_path):
+    cfg = _cfg(micro_world, tmp_path)
     trainer = _trainer(cfg, tmp_path / "ckpt")
     trainer.setup()
     batch, _ = trainer.rollout(0)
@@ -183,11 +172,11 @@ def test_log_probs_from_a_later_start_match_the_full_computation(world, tmp_path
     assert torch.all(part[:, :start] == 0)
 
 
-def test_on_policy_update_skips_the_extra_forward_and_gives_the_same_step(world, tmp_path, monkeypatch):
+def test_on_policy_update_skips_the_extra_forward_and_gives_the_same_step(micro_world, tmp_path, monkeypatch):
     overrides = ("train.mini_batch_size=4", "train.micro_batch_size=2", "train.kl_coef=0.0")
     params = []
     for skip in (True, False):
-        trainer = _trainer(_cfg(world, tmp_path, *overrides), tmp_path / f"ckpt{skip}")
+        trainer = _trainer(_cfg(micro_world, tmp_path, *overrides), tmp_path / f"ckpt{skip}")
         if not skip:
             monkeypatch.setattr(trainer, "on_policy", lambda n: False)
         trainer.setup()
