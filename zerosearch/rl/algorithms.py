@@ -58,6 +58,19 @@ def _lookup(registry: dict, name: str, kind: str):
         raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(registry))}") from None
 
 
+def _register(registry: dict, kind: str, *names: str) -> Callable:
+    """Decorator adding a function to ``registry`` under each of ``names``; a taken name raises."""
+
+    def decorator(fn):
+        for name in names:
+            if name in registry:
+                raise ValueError(f"{kind} {name!r} is already registered")
+            registry[name] = fn
+        return fn
+
+    return decorator
+
+
 # --------------------------------------------------------------------------- aggregation
 
 
@@ -156,13 +169,7 @@ def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
         ValueError: ``name`` is already registered.
     """
 
-    def decorator(fn: AdvantageFn) -> AdvantageFn:
-        if name in ADVANTAGES:
-            raise ValueError(f"advantage estimator {name!r} is already registered")
-        ADVANTAGES[name] = fn
-        return fn
-
-    return decorator
+    return _register(ADVANTAGES, "advantage estimator", name)
 
 
 def get_advantage(name: str) -> AdvantageFn:
@@ -413,14 +420,7 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, response_mas
 def register_kl(*names: str) -> Callable[[KLFn], KLFn]:
     """Decorator adding a KL estimator ``fn(log_probs, ref_log_probs) -> (B, T)`` under names."""
 
-    def decorator(fn: KLFn) -> KLFn:
-        for name in names:
-            if name in KL_ESTIMATORS:
-                raise ValueError(f"KL estimator {name!r} is already registered")
-            KL_ESTIMATORS[name] = fn
-        return fn
-
-    return decorator
+    return _register(KL_ESTIMATORS, "KL estimator", *names)
 
 
 def get_kl(name: str) -> KLFn:
