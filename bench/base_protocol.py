@@ -25,7 +25,8 @@ from zerosearch.config import load_config
 from zerosearch.data.schema import read_qa_parquet
 from zerosearch.models import load_model
 from zerosearch.rewards import exact_match
-from zerosearch.rollout import HFGenerator, run_rollouts
+from zerosearch.generation import HFGenerator
+from zerosearch.rollout import run_rollouts
 from zerosearch.search.bm25 import BM25Engine
 
 

@@ -5,6 +5,8 @@
     one batched ``model.generate`` on the same prompts with the same sampling, forced (min = max
     new tokens, so EOS cannot stop it) to the loop's mean number of policy tokens per trajectory.
     Only policy-sampled tokens count (the rollout's ``loss_mask``). One warm-up, median of repeats.
+(a') The same loop with ``HFGenerator`` (KV cache kept between turns, stopped rows cut out) vs
+    with one ``model.generate`` per turn (``GenerateEachTurn``, the previous generator).
 (b) Seconds per GRPO step, single turn (``train.max_turns=1``): our ``RLTrainer`` vs TRL's
     ``GRPOTrainer`` with the same model, prompts (``policy_prompt(question)``), prompts per step,
     group size, max completion length, temperature 1.0, F1 reward, one optimizer step per
@@ -40,51 +42,88 @@ from zerosearch.data.schema import read_qa_parquet
 from zerosearch.models import left_pad, load_model
 from zerosearch.prompts import policy_prompt
 from zerosearch.rewards import get_reward
-from zerosearch.rollout import HFGenerator, run_rollouts
+from zerosearch.generation import HFGenerator
+from zerosearch.rollout import run_rollouts
 from zerosearch.search.bm25 import BM25Engine
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+class GenerateEachTurn:
+    """The loop's previous generator, kept here as the in-process reference for (a'): one
+    ``model.generate`` per turn, the whole context prefilled again each turn, every row decoded
+    until the longest one of the turn stops."""
+
+    def __init__(self, model, tok, stop_ids: list[int], pad_id: int):
+        self.model, self.stop_ids, self.pad_id = model, stop_ids, pad_id
+
+    @torch.no_grad()
+    def generate(self, contexts, max_new_tokens, keys=None):
+        ids, mask = left_pad(list(contexts), self.pad_id)
+        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                  eos_token_id=self.stop_ids, pad_token_id=self.pad_id, do_sample=True,
+                                  temperature=1.0, top_k=0)[:, ids.shape[1]:].tolist()
+        cut = []
+        for row in out:
+            stop = next((i for i, t in enumerate(row) if t in self.stop_ids), None)
+            cut.append(row[: stop + 1] if stop is not None else [t for t in row if t != self.pad_id])
+        return cut
+
+
 def bench_rollout(cfg, engine, rows, prompts: int, group: int, max_new: int, repeats: int) -> dict:
-    """(a): the multi-turn loop vs one plain batched generate producing as many tokens."""
+    """(a): the multi-turn loop vs one plain batched generate producing as many tokens, and
+    (a'): the loop with ``HFGenerator`` vs the loop with one ``generate`` per turn."""
     model, tok = load_model(cfg.base.policy_model)
     model.eval()
     gen = HFGenerator(model, tok, temperature=1.0)
+    per_turn = GenerateEachTurn(model, tok, gen.stop_ids, gen.pad_id)
     qs = [r for r in rows[:prompts] for _ in range(group)]
     ids, mask = left_pad([tok(policy_prompt(r["question"]), add_special_tokens=False)["input_ids"] for r in qs],
                          gen.pad_id)
 
-    def loop() -> tuple[int, float, float]:
+    def loop(generator) -> tuple[int, float, dict]:
         t0 = time.perf_counter()
-        batch = run_rollouts(gen, tok, engine, [r["question"] for r in qs], [r["golden_answers"] for r in qs],
+        batch = run_rollouts(generator, tok, engine, [r["question"] for r in qs], [r["golden_answers"] for r in qs],
                              max_turns=cfg.train.max_turns, max_response_tokens=max_new,
                              max_obs_tokens=cfg.train.max_obs_tokens)
-        return int(batch.loss_mask.sum()), time.perf_counter() - t0, batch.stats()["searches_per_trajectory"]
+        secs = time.perf_counter() - t0
+        policy = batch.loss_mask.sum(1)
+        env = batch.attention_mask.sum(1) - policy - batch.prompt_lengths  # documents + corrective messages
+        return int(policy.sum()), secs, {"searches": batch.stats()["searches_per_trajectory"],
+                                         "longest": int(policy.max()), "env": float(env.float().mean())}
 
     @torch.no_grad()
     def plain(n: int) -> tuple[int, float]:
         t0 = time.perf_counter()  # same sampling as HFGenerator; min_new_tokens keeps EOS from ending rows
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                             eos_token_id=gen.stop_ids, pad_token_id=gen.pad_id, **gen.sampling)
+                             eos_token_id=gen.stop_ids, pad_token_id=gen.pad_id, do_sample=True, temperature=1.0,
+                             top_k=0)
         return (out.shape[1] - ids.shape[1]) * len(qs), time.perf_counter() - t0
 
     torch.manual_seed(0)
-    warm_tokens = loop()[0]
+    warm_tokens = loop(gen)[0]
+    loop(per_turn)
     plain(max(1, round(warm_tokens / len(qs))))
-    loop_tps, plain_tps, per_traj, searches = [], [], [], []
+    loop_tps, turn_tps, plain_tps, per_traj, info = [], [], [], [], []
     for r in range(repeats):
         torch.manual_seed(r + 1)
-        n, secs, s = loop()
+        n, secs, extra = loop(gen)
         loop_tps.append(n / secs)
         per_traj.append(n / len(qs))
-        searches.append(s)
+        info.append(extra)
+        torch.manual_seed(r + 1)
+        m, secs, _ = loop(per_turn)
+        turn_tps.append(m / secs)
         torch.manual_seed(r + 1)
         m, secs = plain(max(1, round(n / len(qs))))
         plain_tps.append(m / secs)
     loop_med, plain_med = statistics.median(loop_tps), statistics.median(plain_tps)
+    turn_med = statistics.median(turn_tps)
     return {"loop": loop_med, "plain": plain_med, "overhead": plain_med / loop_med - 1, "batch": len(qs),
-            "tokens": statistics.mean(per_traj), "searches": statistics.mean(searches), "repeats": repeats}
+            "per_turn": turn_med, "speedup": loop_med / turn_med,
+            "tokens": statistics.mean(per_traj), "searches": statistics.mean(i["searches"] for i in info),
+            "longest": statistics.mean(i["longest"] for i in info), "env": statistics.mean(i["env"] for i in info),
+            "repeats": repeats}
 
 
 def bench_ours(cfg, engine, rows, steps: int, workdir: Path) -> dict:
@@ -220,6 +259,10 @@ def main() -> None:
                   f"overhead {a['overhead']:+.1%}", "<= 25%",
                   f"{a['batch']} traj, max_turns {cfg_a.train.max_turns} x {max_new} tok, {a['tokens']:.1f} policy "
                   f"tok/traj, {a['searches']:.2f} searches/traj, median of {a['repeats']}")
+    table.add_row("(a') loop: HFGenerator vs generate per turn", f"{a['loop']:.0f} tok/s",
+                  f"{a['per_turn']:.0f} tok/s (generate per turn)", f"speedup {a['speedup']:.2f}x", "-",
+                  f"same loop; per trajectory: longest {a['longest']:.0f} policy tok, {a['env']:.0f} document/"
+                  f"corrective tok encoded (plain generate has neither)")
     setup = (f"{prompts} prompts x {group}, max completion {max_new}, fwd batch {fwd}, KL beta 0.0 (no ref), "
              f"mean of {args.steps} steps; completion tok ours {ours['tokens']:.1f}")
     if trl is None:

@@ -5,7 +5,8 @@ import torch
 
 from zerosearch.models import train_tokenizer
 from zerosearch.prompts import INVALID_ACTION, information_block, policy_prompt
-from zerosearch.rollout import HFGenerator, parse_action, run_rollouts
+from zerosearch.generation import HFGenerator
+from zerosearch.rollout import parse_action, run_rollouts
 from zerosearch.search.base import Doc
 
 
@@ -22,7 +23,7 @@ class ScriptedPolicy:
     def __init__(self, tok, scripts):
         self.tok, self.scripts, self.calls = tok, scripts, []
 
-    def generate(self, contexts, max_new_tokens):
+    def generate(self, contexts, max_new_tokens, keys=None):
         self.calls.append(len(contexts))
         out = []
         for ctx in contexts:

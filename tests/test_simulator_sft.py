@@ -39,7 +39,7 @@ class QueryPolicy:
     def __init__(self, tok):
         self.tok = tok
 
-    def generate(self, contexts, max_new_tokens):
+    def generate(self, contexts, max_new_tokens, keys=None):
         out = []
         for ctx in contexts:
             after = self.tok.decode(ctx).split("Question: ")[1]

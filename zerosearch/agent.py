@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from zerosearch.rollout import HFGenerator, run_rollouts
+from zerosearch.generation import HFGenerator
+from zerosearch.rollout import run_rollouts
 from zerosearch.search.base import SearchEngine
 
 _STEP = re.compile(r"<(think|search|information|answer)>(.*?)</\1>", re.DOTALL)

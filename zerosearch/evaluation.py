@@ -22,7 +22,8 @@ import torch
 
 from zerosearch.prompts import information_block, policy_prompt
 from zerosearch.rewards import exact_match, f1_score
-from zerosearch.rollout import HFGenerator, parse_action, run_rollouts
+from zerosearch.generation import HFGenerator
+from zerosearch.rollout import parse_action, run_rollouts
 from zerosearch.search.base import SearchEngine
 
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"

@@ -1,7 +1,8 @@
 """The multi-turn search rollout: the policy writes, the engine answers, until an answer.
 
 Per turn, every unfinished trajectory of the batch generates until ``</search>``,
-``</answer>`` or end of text (one batched ``generate`` call); the first ``<search>`` or
+``</answer>`` or end of text (one batched ``generate`` call of a ``Generator``, e.g.
+``zerosearch.generation.HFGenerator``, which keeps each trajectory's KV cache between turns); the first ``<search>`` or
 ``<answer>`` block of the turn is its action. All pending queries of the batch go to the
 engine in ONE batched call with the current training step (the simulator's curriculum
 depends on it); the documents are appended inside ``<information>``; a turn with no action
@@ -20,13 +21,12 @@ Token ids are kept as generated (never re-tokenized), so log-probs computed late
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import torch
 
-from zerosearch.models import left_pad
 from zerosearch.prompts import INVALID_ACTION, information_block, policy_prompt
 from zerosearch.search.base import Doc, SearchEngine
 
@@ -35,9 +35,12 @@ ACTION_RE = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
 
 class Generator(Protocol):
     """Continues token-id contexts by one turn; returns only the new ids per context,
-    ending with the stop token when generation stopped on one."""
+    ending with the stop token when generation stopped on one. ``keys`` name each context's
+    trajectory, stable across the turns of one rollout (a generator may keep its KV cache
+    per key; ``zerosearch.generation.HFGenerator`` does)."""
 
-    def generate(self, contexts: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]: ...
+    def generate(self, contexts: Sequence[list[int]], max_new_tokens: int,
+                 keys: Sequence[Hashable] | None = None) -> list[list[int]]: ...
 
 
 @dataclass
@@ -139,6 +142,7 @@ def run_rollouts(
         Trajectory(q, list(g), tokenizer(policy_prompt(q, tokenizer, chat=chat), add_special_tokens=False)["input_ids"])
         for q, g in zip(questions, golden_answers, strict=True)
     ]
+    rollout = object()  # keys are scoped to this call: no cache outlives the rollout
     for turn in range(max_turns):
         active = [t for t in trajs if t.status == "generating"]
         if not active:
@@ -151,7 +155,8 @@ def run_rollouts(
             if not active:
                 break
         last_turn = turn == max_turns - 1
-        outputs = generator.generate([t.context for t in active], max_response_tokens)
+        outputs = generator.generate([t.context for t in active], max_response_tokens,
+                                     keys=[(rollout, id(t)) for t in active])
         for t, new_ids in zip(active, outputs, strict=True):
             _take_turn(t, new_ids, tokenizer, max_response_tokens, last_turn=last_turn)
         if not last_turn:  # after the last turn nobody reads the documents: no engine call
@@ -229,45 +234,3 @@ def _collate(trajs: list[Trajectory], pad_id: int) -> RolloutBatch:
         loss_mask[i, p:n] = torch.tensor(t.loss_mask, dtype=torch.long)
     prompt_lengths = torch.tensor([len(t.prompt_ids) for t in trajs])
     return RolloutBatch(input_ids, attention, loss_mask, prompt_lengths, trajs)
-
-
-class HFGenerator:
-    """``Generator`` over a transformers causal LM: batched, left-padded, sampling, stops at
-    ``</search>``/``</answer>``/EOS (single tokens where the tokenizer has them, stop strings
-    otherwise)."""
-
-    def __init__(self, model, tokenizer, *, temperature: float = 1.0, top_p: float = 1.0, do_sample: bool = True):
-        self.model, self.tokenizer = model, tokenizer
-        self.sampling = {"do_sample": do_sample, "top_p": top_p, "top_k": 0}
-        if do_sample:
-            self.sampling["temperature"] = temperature
-        tag_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("</search>", "</answer>")]
-        single = all(i is not None and i != tokenizer.unk_token_id for i in tag_ids)
-        self.stop_ids = (tag_ids if single else []) + [tokenizer.eos_token_id]
-        self.stop_strings = None if single else ["</search>", "</answer>"]
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    @torch.no_grad()
-    def generate(self, contexts: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
-        ids, mask = left_pad(list(contexts), self.pad_id)
-        width = ids.shape[1]
-        device = next(self.model.parameters()).device
-        out = self.model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            eos_token_id=self.stop_ids, pad_token_id=self.pad_id, stop_strings=self.stop_strings,
-            tokenizer=self.tokenizer if self.stop_strings else None, **self.sampling,
-        )[:, width:].tolist()
-        return [self._cut(row) for row in out]
-
-    def _cut(self, row: list[int]) -> list[int]:
-        """Keep tokens up to and including the first stop token; drop padding."""
-        for i, tok in enumerate(row):
-            if tok in self.stop_ids:
-                return row[: i + 1]
-        if self.stop_strings:
-            text = ""
-            for i, tok in enumerate(row):
-                text += self.tokenizer.decode([tok])
-                if any(s in text for s in self.stop_strings):
-                    return row[: i + 1]
-        return [t for t in row if t != self.pad_id]

@@ -32,7 +32,8 @@ from zerosearch.data.demos import demo_searches, demo_world
 from zerosearch.data.schema import read_jsonl, read_qa_parquet, write_jsonl
 from zerosearch.models import load_model, with_lora
 from zerosearch.rewards import normalize_answer
-from zerosearch.rollout import Generator, HFGenerator, run_rollouts
+from zerosearch.generation import HFGenerator
+from zerosearch.rollout import Generator, run_rollouts
 from zerosearch.search.base import Doc, SearchEngine, format_docs
 from zerosearch.search.bm25 import BM25Engine
 from zerosearch.search.simulated import sft_prompt

@@ -51,7 +51,8 @@ from zerosearch.rewards import exact_match, get_reward
 from zerosearch.rl.algorithms import aggregate, entropy_from_logits, get_advantage, get_kl, policy_loss, value_loss
 from zerosearch.rl.checkpoint import (checkpoint_path, config_differences, latest_checkpoint, load_state,
                                       save_checkpoint, set_rng_state)
-from zerosearch.rollout import HFGenerator, RolloutBatch, run_rollouts
+from zerosearch.generation import HFGenerator
+from zerosearch.rollout import RolloutBatch, run_rollouts
 from zerosearch.search.base import SearchEngine
 from zerosearch.tracking import NullTracker
 
