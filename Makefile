@@ -10,7 +10,7 @@ BIN := $(abspath $(VENV))/bin
 # Prefect's temporary local server: no telemetry (it only adds sqlite lock noise offline).
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install run test test-slow clean
+.PHONY: install run test test-slow clean mlflow-ui prefect-ui deploy browser-deps
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -31,5 +31,22 @@ test: install
 test-slow: install
 	PATH=$(BIN):$$PATH $(BIN)/python -m pytest -q -m slow
 
+# The MLflow UI and tracking server on http://127.0.0.1:5000 over ./mlflow.db. While it runs,
+# export MLFLOW_TRACKING_URI=http://127.0.0.1:5000 so every process logs through it.
+mlflow-ui: install
+	$(BIN)/zerosearch ui
+
+# The Prefect UI and API on http://127.0.0.1:4200 (flow runs, deployments, artifacts).
+prefect-ui: install
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+# Serve the pipeline deployment (schedule from params.yaml `orchestration`) against that server.
+deploy: install
+	PATH=$(BIN):$$PATH PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/zerosearch deploy
+
+# Headless Chromium for the UI tests (tests/test_ui_browser.py, marked browser); Debian, as root.
+browser-deps:
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
 clean:
-	rm -rf data models metrics mlflow.db mlruns
+	rm -rf data models metrics mlflow.db mlruns mlartifacts

@@ -237,3 +237,17 @@ def test_bad_arguments():
         SimulatorClient("http://127.0.0.1:1/v1", "m", api="edits")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_retries"):
         SimulatorClient("http://127.0.0.1:1/v1", "m", max_retries=-1)
+
+
+def test_config_with_several_simulator_urls_spreads_searches_over_them(serve, tmp_path):
+    """simulator.backend: url with a list of URLs: open_engine waits for each, then the engine's
+    client balances requests over all of them."""
+    from tests.conftest import micro_config
+    from zerosearch.search.factory import open_engine
+
+    a, b = serve(), serve()
+    cfg = micro_config(tmp_path, "simulator.backend=url", f"simulator.url=[{a.url}, {b.url}]")
+    with open_engine(cfg, "simulated", total_steps=10) as engine:
+        engine.search([f"q{i}" for i in range(8)], questions=[f"Q{i}" for i in range(8)],
+                      answers=[["x"]] * 8, step=0)
+    assert len(a.calls) == 4 and len(b.calls) == 4

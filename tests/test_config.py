@@ -35,7 +35,16 @@ def test_params_and_every_preset_validate(path):
 def test_paper_presets_carry_the_papers_values():
     names = {p.stem for p in (REPO / "configs" / "paper").glob("*.yaml")}
     assert names == {f"{a}-{m}-{s}" for a in ("grpo", "ppo", "reinforce")
-                     for m in ("qwen2.5-3b", "llama3.2-3b") for s in ("sft", "prompt")}
+                     for m in ("qwen2.5-3b", "llama3.2-3b") for s in ("sft", "prompt")} | {
+        "grpo-qwen2.5-7b-sft", "grpo-qwen2.5-7b-prompt", "ppo-qwen2.5-7b-sft", "reinforce-qwen2.5-7b-sft",
+        "grpo-qwen2.5-3b-instruct-sft"}
+    for path in (REPO / "configs" / "paper").glob("*.yaml"):  # the preset name is the file name
+        cfg = load_config(path)
+        assert cfg.base.preset == path.stem and cfg.train.rollout_backend == "vllm"
+    qwen7 = load_config(REPO / "configs/paper/grpo-qwen2.5-7b-sft.yaml")
+    assert qwen7.base.policy_model == "Qwen/Qwen2.5-7B" and qwen7.simulator.curriculum.p_end == 0.75
+    assert load_config(REPO / "configs/paper/grpo-qwen2.5-3b-instruct-sft.yaml").base.policy_model == \
+        "Qwen/Qwen2.5-3B-Instruct"
     qwen = load_config(REPO / "configs/paper/grpo-qwen2.5-3b-sft.yaml")
     assert (qwen.simulator.curriculum.p_start, qwen.simulator.curriculum.p_end) == (0.0, 0.25)
     assert qwen.simulator.curriculum.base == 4.0

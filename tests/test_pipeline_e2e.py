@@ -118,3 +118,50 @@ def test_served_simulator_answers_searches(repo_copy):
     assert "/v1" in out
     n_docs = int(out.split("check: ")[1].split(" documents")[0])
     assert n_docs >= 1
+
+
+def test_a_deployment_run_with_overrides_is_a_dvc_experiment_and_an_mlflow_run(repo_copy, monkeypatch):
+    """The pipeline deployment (schedule from params) started with overrides, executed by a
+    Prefect runner as a UI-triggered run would be: a `dvc exp run --temp` that reruns only what
+    the overrides touch, an MLflow run tagged with the experiment, a registered policy."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.runner import Runner
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.deploy import pipeline_deployment
+    from zerosearch.config import load_config
+    from zerosearch.experiments import experiment_metrics
+    from zerosearch.tracking import experiment_runs
+
+    repo, env = repo_copy
+    run(["git", "add", "-A"], repo, env)  # what a user commits after `dvc repro`: dvc.lock, metrics
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "reproduced"], repo, env)
+    params_before = (repo / "params.yaml").read_text()
+    for key in ("PATH", "HF_HUB_OFFLINE", "MLFLOW_TRACKING_URI"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.delenv("ZEROSEARCH_TRACKING", raising=False)
+    cfg = load_config(repo / "params.yaml")
+    with prefect_test_harness():
+        deployment_id = pipeline_deployment(cfg, repo=str(repo)).apply()
+        flow_run = run_deployment(f"pipeline/{cfg.orchestration.deployment}", timeout=0,
+                                  parameters={"overrides": ["eval.max_samples=10"], "experiment": "e2e-exp"})
+
+        async def execute_and_read():
+            await Runner().execute_flow_run(flow_run.id)
+            async with get_client() as client:
+                return await client.read_deployment(deployment_id), await client.read_flow_run(flow_run.id)
+
+        deployment, finished = asyncio.run(execute_and_read())
+    assert [s.schedule.cron for s in deployment.schedules] == [cfg.orchestration.cron]
+    assert finished.state.is_completed(), finished.state.message
+    shown = run(["dvc", "exp", "show", "--json"], repo, env)
+    assert "e2e-exp" in shown
+    table = experiment_metrics("e2e-exp", "metrics/eval.json", repo)
+    assert table["agent"]["tiny_single"]["n"] == 10  # the override reached the evaluate stage
+    assert (repo / "params.yaml").read_text() == params_before  # --temp: the workspace is untouched
+    runs = experiment_runs("e2e-exp", "zerosearch")
+    assert [r["stage"] for r in runs] == ["pipeline", "evaluate"]  # only the stale stage ran
+    assert runs[1]["registered_model"].startswith("models:/zerosearch-policy/")

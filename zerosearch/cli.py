@@ -24,7 +24,9 @@ from zerosearch.config import Config, ConfigError, load_config
 
 app = typer.Typer(
     help="ZeroSearch: train a search agent against a simulated search engine.\n\n"
-    "Stages: data -> base -> sft -> train -> eval; `dvc repro` runs them all; `zerosearch ask` queries the agent. `zerosearch serve` serves the simulator.",
+    "Stages: data -> base -> sft -> train -> eval; `dvc repro` runs them all; `zerosearch ask` queries the agent. "
+    "`zerosearch serve` serves the simulator. `zerosearch experiment` runs a DVC experiment, `zerosearch deploy` "
+    "schedules them, `zerosearch ui` starts the MLflow UI.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
@@ -199,6 +201,62 @@ def pipeline(force: Annotated[bool, typer.Option(help="Rerun stages even if up t
         err.print("[red]error:[/red] dvc is not on PATH; install the project (make install)")
         raise typer.Exit(2)
     raise typer.Exit(subprocess.call(["dvc", "repro", *(["--force"] if force else [])]))
+
+
+@app.command()
+def experiment(
+    preset: Annotated[str, typer.Option(help="params.yaml, a preset name under configs/ (tiny, "
+                                             "paper/grpo-qwen2.5-3b-sft, ...) or a path.")] = "params.yaml",
+    set: SetOpt = None,
+    name: Annotated[str | None, typer.Option(help="Experiment name (default run-<UTC time>).")] = None,
+    workspace: Annotated[bool, typer.Option(help="Run in the workspace instead of a temp copy.")] = False,
+) -> None:
+    """Run the pipeline as a DVC experiment (`dvc exp run`) through the Prefect `pipeline` flow:
+    the same thing a UI-triggered or scheduled run does. Compare with `dvc exp show`."""
+    from flows.pipeline import pipeline_flow
+    from zerosearch.experiments import ExperimentFailed
+
+    try:
+        out = pipeline_flow(preset, set or [], name, temp=not workspace)
+    except (ConfigError, ExperimentFailed) as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"experiment [bold]{out['experiment']}[/bold]: ran {out['ran'] or 'nothing'}; "
+                  f"registered {out['registered_model'] or '-'}")
+    for run in out["mlflow_runs"]:
+        console.print(f"  MLflow {run['stage']}: {run['url']}")
+
+
+@app.command()
+def deploy(
+    params: ParamsOpt = Path("params.yaml"),
+    set: SetOpt = None,
+) -> None:
+    """Serve the pipeline flow as a Prefect deployment with the cron schedule of
+    `orchestration` in the params (scheduled retraining) and ad-hoc runs from the Prefect UI.
+    Needs a Prefect server: `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api."""
+    from flows.deploy import serve
+
+    cfg = _config(params, set)
+    o = cfg.orchestration
+    console.print(f"serving deployment [bold]pipeline/{o.deployment}[/bold], schedule "
+                  f"{o.cron or 'none'} ({o.timezone}); Ctrl-C stops it")
+    serve(cfg)
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port of the MLflow server.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+) -> None:
+    """Start the MLflow tracking server and UI over ./mlflow.db (one writer for every process).
+    Then log to it: export MLFLOW_TRACKING_URI=http://127.0.0.1:5000 (the Prefect UI is
+    `prefect server start`, port 4200)."""
+    from zerosearch.tracking import mlflow_server_command
+
+    cmd = mlflow_server_command(Path("."), host, port)
+    console.print(f"MLflow UI on http://{host}:{port}  (export MLFLOW_TRACKING_URI=http://{host}:{port})")
+    raise typer.Exit(subprocess.call(cmd))
 
 
 @config_app.command("validate")

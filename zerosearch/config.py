@@ -42,6 +42,7 @@ class BaseSection(_Section):
     simulator_model: str
     mlflow_experiment: str
     trust_remote_code: bool
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"]
 
 
 class WorldSection(_Section):
@@ -138,7 +139,7 @@ class CurriculumSection(_Section):
 class SimulatorSection(_Section):
     mode: Literal["sft", "prompt"]
     backend: Literal["transformers", "sglang", "vllm", "url"]
-    url: str | None
+    url: str | Annotated[list[str], Field(min_length=1)] | None
     tp: PositiveInt
     dp: PositiveInt
     port: Annotated[int, Field(ge=0, le=65535)]
@@ -199,6 +200,9 @@ class TrainSection(_Section):
     value_clip: PositiveFloat
     save_every: PositiveInt
     gradient_checkpointing: bool
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"]
+    rollout_backend: Literal["hf", "vllm"]
+    vllm_gpu_memory_utilization: Annotated[float, Field(gt=0.0, lt=1.0)]
     lora: LoraSection
 
     @model_validator(mode="after")
@@ -222,6 +226,25 @@ class EvalSection(_Section):
     registered_model: str
 
 
+class OrchestrationSection(_Section):
+    deployment: Annotated[str, Field(min_length=1)]
+    cron: str
+    timezone: str
+    preset: str
+    experiment_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+    @model_validator(mode="after")
+    def _cron_parses(self) -> OrchestrationSection:
+        if self.cron:
+            from prefect.schedules import validate_cron_string
+
+            try:
+                validate_cron_string(self.cron)
+            except ValueError:
+                raise ValueError(f"cron {self.cron!r} is not a valid cron expression (e.g. '0 3 * * 1')") from None
+        return self
+
+
 class Config(_Section):
     base: BaseSection
     data: DataSection
@@ -231,6 +254,7 @@ class Config(_Section):
     simulator_sft: SimulatorSftSection
     train: TrainSection
     eval: EvalSection
+    orchestration: OrchestrationSection
 
     def path(self, name: str) -> Path:
         """A path from ``base.paths`` (``data``, ``models``, ``metrics``)."""

@@ -7,6 +7,7 @@ with a chat template, and a small Qwen2-architecture causal LM.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,6 +17,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from zerosearch.config import LoraSection, ModelShape
+
+logger = logging.getLogger(__name__)
 
 PROTOCOL_TAGS = ["<think>", "</think>", "<search>", "</search>", "<information>", "</information>",
                  "<answer>", "</answer>"]
@@ -104,11 +107,29 @@ def resolve_model_path(name: str) -> str:
         return name  # online: from_pretrained downloads it
 
 
-def load_model(name: str, *, dtype: torch.dtype | None = None, trust_remote_code: bool = False):
-    """Load a causal LM and its tokenizer (safetensors only) from a directory or hub id."""
+def resolve_attn_implementation(requested: str = "auto") -> str:
+    """``auto``: ``flash_attention_2`` on CUDA when the flash-attn package is installed, else
+    ``sdpa`` (said in a log line on CUDA, where flash-attn was the better choice)."""
+    if requested != "auto":
+        return requested
+    if not torch.cuda.is_available():
+        return "sdpa"
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    logger.info("flash-attn is not installed: attention runs on sdpa (pip install flash-attn for flash_attention_2)")
+    return "sdpa"
+
+
+def load_model(name: str, *, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
+               attn_implementation: str = "auto"):
+    """Load a causal LM and its tokenizer (safetensors only) from a directory or hub id.
+    ``attn_implementation``: see ``resolve_attn_implementation``."""
     resolve_model_path(name)
     model = AutoModelForCausalLM.from_pretrained(
-        name, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        name, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+        attn_implementation=resolve_attn_implementation(attn_implementation),
     )
     tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:

@@ -108,7 +108,7 @@ class ServerSpec:
                      self.extra_args, env, self.command))
 
 
-def _console_script(name: str) -> str:
+def console_script(name: str) -> str:
     """``name`` from this interpreter's bin directory if present, else from PATH, else bare."""
     local = Path(sys.executable).parent / name
     if local.is_file() and os.access(local, os.X_OK):
@@ -127,13 +127,13 @@ def server_command(spec: ServerSpec, port: int) -> list[str]:
         # The positional model is preloaded (and pinned) before the server answers /health.
         # No --continuous-batching: on CPU it pins the first request's sampling parameters
         # for all later requests and sizes its KV cache from free RAM (see the module docs).
-        base = [_console_script("transformers"), "serve", spec.model,
+        base = [console_script("transformers"), "serve", spec.model,
                 "--host", spec.host, "--port", str(port)]
     elif spec.backend == "sglang":
         base = [sys.executable, "-m", "sglang.launch_server", "--model-path", spec.model,
                 "--host", spec.host, "--port", str(port), "--tp", str(spec.tp), "--dp", str(spec.dp)]
     elif spec.backend == "vllm":
-        base = [_console_script("vllm"), "serve", spec.model, "--host", spec.host,
+        base = [console_script("vllm"), "serve", spec.model, "--host", spec.host,
                 "--port", str(port), "--tensor-parallel-size", str(spec.tp),
                 "--data-parallel-size", str(spec.dp)]
     else:
@@ -229,7 +229,7 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def _stop_group(proc: subprocess.Popen, grace: float) -> None:
+def stop_process_group(proc: subprocess.Popen, grace: float) -> None:
     """SIGTERM the process group of ``proc`` (its session leader), SIGKILL it after ``grace``."""
     pgid = proc.pid  # start_new_session=True: the child leads its own group
     try:
@@ -335,7 +335,7 @@ def serve_simulator(spec: ServerSpec, *, startup_timeout: float = 300.0,
                         break
                     continue  # it died meanwhile: report that on the next round
                 if time.monotonic() >= deadline:
-                    _stop_group(proc, stop_timeout)
+                    stop_process_group(proc, stop_timeout)
                     raise ServerStartError(
                         f"simulator server did not answer health checks at {url} within "
                         f"{startup_timeout:g}s; killed it.\nCommand: {shlex.join(cmd)}\n"
@@ -350,5 +350,5 @@ def serve_simulator(spec: ServerSpec, *, startup_timeout: float = 300.0,
         finally:
             if proc.returncode is None or _group_alive(proc.pid):
                 logger.info("stopping simulator server at %s (pid %d)", url, proc.pid)
-                _stop_group(proc, stop_timeout)
+                stop_process_group(proc, stop_timeout)
     raise ServerStartError("simulator server could not bind a free port")  # pragma: no cover

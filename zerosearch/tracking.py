@@ -1,10 +1,13 @@
 """Experiment tracking: MLflow runs (one parent run per pipeline run, a nested run per stage)
 and the metrics/plots files DVC declares. ``NullTracker`` for tests and library use.
 
-The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else a sqlite file ``mlflow.db`` in the
-working directory. Stages of one pipeline run find their parent run through
-``ZEROSEARCH_PARENT_RUN_ID`` when set, else by a key of (git revision, params file hash), so
-the separate processes ``dvc repro`` starts end up under one parent.
+The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else a sqlite file ``mlflow.db`` at the
+repository root (``DVC_ROOT`` inside DVC runs, so ``dvc exp run --temp`` experiments log to the
+same file; the working directory otherwise). Several processes logging at once should share
+an MLflow tracking server over HTTP instead (``zerosearch ui``, ``mlflow_server``): one writer
+process in front of the database. Stages of one pipeline run find their parent run through
+``ZEROSEARCH_PARENT_RUN_ID`` when set, else by a key of (git revision, params file hash, DVC
+experiment name), so the separate processes ``dvc repro`` starts end up under one parent.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,21 @@ from typing import Any
 from zerosearch.atomic import atomic_path
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+MLFLOW_UI_PORT = 5000
+
+
+def tracking_uri(root: str | Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db`` with ``root`` the argument,
+    ``DVC_ROOT`` (set by DVC for stage commands, the parent repo in ``--temp`` runs) or ``.``."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    base = Path(root or os.environ.get("DVC_ROOT") or ".").resolve()
+    return f"sqlite:///{base / 'mlflow.db'}"
+
+
+def ui_base_url(uri: str) -> str:
+    """Where the MLflow UI for ``uri`` is: the server itself, or ``zerosearch ui``'s default."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{MLFLOW_UI_PORT}"
 
 
 class NullTracker:
@@ -116,7 +135,8 @@ def git_revision() -> str:
 
 def pipeline_key(params_file: str | Path) -> str:
     digest = hashlib.sha256(Path(params_file).read_bytes()).hexdigest()[:12] if Path(params_file).exists() else "none"
-    return f"{git_revision()[:12]}-{digest}"
+    experiment = os.environ.get("DVC_EXP_NAME")  # two experiments with equal params are two runs
+    return f"{git_revision()[:12]}-{digest}" + (f"-{experiment}" if experiment else "")
 
 
 def _parent_run_id(mlflow, experiment_id: str, key: str) -> str:
@@ -130,11 +150,10 @@ def _parent_run_id(mlflow, experiment_id: str, key: str) -> str:
     )
     if found:
         return found[0].info.run_id
-    run = mlflow.MlflowClient().create_run(
-        experiment_id,
-        tags={"zerosearch.pipeline_key": key, "mlflow.runName": f"pipeline-{key}",
-              "git_revision": git_revision()},
-    )
+    tags = {"zerosearch.pipeline_key": key, "mlflow.runName": f"pipeline-{key}", "git_revision": git_revision()}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags.update({"dvc_experiment": os.environ["DVC_EXP_NAME"], "mlflow.runName": os.environ["DVC_EXP_NAME"]})
+    run = mlflow.MlflowClient().create_run(experiment_id, tags=tags)
     return run.info.run_id
 
 
@@ -148,7 +167,7 @@ def stage_run(stage: str, config, params_file: str | Path = "params.yaml") -> It
         return
     import mlflow
 
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+    mlflow.set_tracking_uri(tracking_uri())
     experiment = mlflow.set_experiment(config.base.mlflow_experiment)
     parent = _parent_run_id(mlflow, experiment.experiment_id, pipeline_key(params_file))
     tags = {"stage": stage, "git_revision": git_revision()}
@@ -159,6 +178,73 @@ def stage_run(stage: str, config, params_file: str | Path = "params.yaml") -> It
             tracker = MlflowTracker(mlflow)
             tracker.log_params(flatten(config.model_dump()))
             yield tracker
+
+
+def experiment_runs(dvc_experiment: str, mlflow_experiment: str, root: str | Path | None = None) -> list[dict]:
+    """The MLflow runs tagged with DVC experiment ``dvc_experiment`` (pipeline run first, then
+    stages in start order): stage, run id, UI link and the model version a run registered."""
+    import mlflow
+
+    uri = tracking_uri(root)
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name(mlflow_experiment)
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.dvc_experiment = '{dvc_experiment}'")
+    out = []
+    for run in sorted(runs, key=lambda r: ("mlflow.parentRunId" in r.data.tags, r.info.start_time or 0)):
+        entry = {"stage": run.data.tags.get("stage", "pipeline"), "run_id": run.info.run_id,
+                 "url": f"{ui_base_url(uri)}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"}
+        versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+        if versions:
+            entry["registered_model"] = f"models:/{versions[0].name}/{versions[0].version}"
+        out.append(entry)
+    return out
+
+
+def mlflow_server_command(root: str | Path, host: str = "127.0.0.1", port: int = MLFLOW_UI_PORT) -> list[str]:
+    """``mlflow server`` over ``<root>/mlflow.db`` (artifacts of new runs in ``<root>/mlartifacts``),
+    one worker process: the single writer the pipeline's processes log to over HTTP."""
+    from zerosearch.serving import console_script
+
+    root = Path(root).resolve()
+    return [console_script("mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", str(root / "mlartifacts"), "--host", host, "--port", str(port),
+            "--workers", "1"]
+
+
+@contextlib.contextmanager
+def mlflow_server(root: str | Path, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 60.0
+                  ) -> Iterator[str]:
+    """Run an MLflow tracking server for ``root`` and yield its URL once ``/health`` answers."""
+    import httpx
+
+    from zerosearch.serving import ServerStartError, stop_process_group, free_port, port_in_use
+
+    port = port or free_port(host)
+    if port_in_use(host, port):
+        raise ServerStartError(f"port {port} on {host} is in use: is an MLflow server already running there?")
+    url = f"http://{host}:{port}"
+    log = Path(root) / "mlflow-server.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(mlflow_server_command(root, host, port), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if proc.poll() is not None:
+                raise ServerStartError(f"mlflow server exited with code {proc.returncode}; see {log}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2.0, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServerStartError(f"mlflow server did not answer {url}/health within {startup_timeout:g}s; see {log}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_process_group(proc, 10.0)
 
 
 def write_json(data: Mapping[str, Any], path: str | Path) -> Path:

@@ -27,9 +27,17 @@ Departures from the reference (Search-R1 / ZeroSearch on veRL):
 - With LoRA the reference model is the policy with its adapters disabled (no second copy).
 
 Distribution goes through ``accelerate`` (models, optimizers, backward, gradient clipping;
-only the main process writes checkpoints): the same code runs single-process on CPU. The
-DeepSpeed configs in ``configs/accelerate/`` are for multi-GPU runs, which have not been
-exercised yet (the GPU issue).
+only the main process writes checkpoints): the same code runs single-process on CPU and under
+``accelerate launch`` with the DeepSpeed configs in ``configs/accelerate/`` on GPUs: data
+parallel, each process rolls out and trains on ``batch_prompts / processes`` prompts (whole
+groups) and the optimizer steps on the averaged gradients; the reference model and the critic
+are placed like the policy (a replica per process, or sharded by ZeRO-3). Logged metrics are
+the main process's share; REINFORCE++'s batch normalization is per process. ``train.mixed_precision`` (``auto``: bf16
+on CUDA) and ``base.attn_implementation`` (``auto``: flash-attn when installed) apply there.
+
+Rollouts come from ``train.rollout_backend``: ``hf`` (``zerosearch.generation.HFGenerator``, a
+new one per step over the current weights) or ``vllm`` (``zerosearch.vllm_generator``: one
+engine for the run, the policy's weights loaded into it before every rollout).
 """
 
 from __future__ import annotations
@@ -55,6 +63,14 @@ from zerosearch.generation import HFGenerator
 from zerosearch.rollout import RolloutBatch, run_rollouts
 from zerosearch.search.base import SearchEngine
 from zerosearch.tracking import NullTracker
+
+
+def resolve_mixed_precision(value: str) -> str:
+    """``train.mixed_precision`` for ``Accelerator``: ``auto`` is bf16 on a CUDA GPU that
+    supports it, else no mixed precision (CPU runs stay fp32)."""
+    if value != "auto":
+        return value
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
 @dataclass(frozen=True)
@@ -171,11 +187,12 @@ class RLTrainer:
             raise ValueError("no training questions")
         self.checkpoint_dir = Path(checkpoint_dir)
         self.tracker, self.on_step = tracker, on_step
-        self.accelerator = accelerator or Accelerator()
+        self.accelerator = accelerator or Accelerator(mixed_precision=resolve_mixed_precision(self.t.mixed_precision))
         self.reward_fn = get_reward(self.t.reward)
         self.history: list[dict[str, float]] = []
         self.start_step = 0
         self.m: Models | None = None
+        self._vllm = None  # the vllm rollout engine, created on the first rollout
 
     # ------------------------------------------------------------------ setup
 
@@ -184,6 +201,7 @@ class RLTrainer:
         ckpt = latest_checkpoint(self.checkpoint_dir) if resume else None
         if resume and ckpt is None:
             print(f"--resume: no checkpoint under {self.checkpoint_dir}; starting from step 0")
+        self._check_process_split()
         torch.manual_seed(self.cfg.base.seed)  # a run is a function of its config, not of what ran before
         self.m = self._build_models(ckpt)
         if ckpt is not None:
@@ -201,18 +219,32 @@ class RLTrainer:
             self.start_step = state["step"]
         return self.start_step
 
+    def _check_process_split(self) -> None:
+        """Each of N processes trains on batch_prompts / N prompts: the numbers must divide."""
+        n, t = self.accelerator.num_processes, self.t
+        if n == 1:
+            return
+        if t.batch_prompts % n:
+            raise ValueError(f"train.batch_prompts ({t.batch_prompts}) must be a multiple of the {n} processes")
+        local = t.batch_prompts // n * t.group_size
+        if local % t.mini_batch_size:
+            raise ValueError(f"train.mini_batch_size ({t.mini_batch_size}) must divide the {local} rollouts each of "
+                             f"the {n} processes makes (batch_prompts / processes x group_size)")
+
     def _build_models(self, ckpt: Path | None) -> Models:
         from zerosearch.models import load_model
 
         t, base = self.t, self.cfg.base
         trust = base.trust_remote_code
         source = ckpt / "policy" if ckpt is not None and not t.lora.enabled else base.policy_model
-        policy, tokenizer = load_model(str(source), trust_remote_code=trust)
+        policy, tokenizer = load_model(str(source), trust_remote_code=trust, attn_implementation=base.attn_implementation)
         reference = None
         if t.lora.enabled:
             policy = self._with_lora(policy, ckpt)
         elif t.kl_coef > 0:
-            reference = load_model(base.policy_model, trust_remote_code=trust)[0] if ckpt else copy.deepcopy(policy)
+            reference = (load_model(base.policy_model, trust_remote_code=trust,
+                                    attn_implementation=base.attn_implementation)[0]
+                         if ckpt else copy.deepcopy(policy))
             reference.requires_grad_(False).eval()
         if t.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
@@ -275,9 +307,13 @@ class RLTrainer:
         return self.history
 
     def sample_rows(self, step: int) -> list[dict]:
-        """The step's prompts: a seeded draw without replacement, the same for a resumed run."""
+        """This process's prompts of the step: a seeded draw of ``batch_prompts`` without
+        replacement (the same for a resumed run), split across processes by prompt, so a
+        prompt's whole group is on one process (data parallel under ``accelerate launch``)."""
         rng = random.Random(self.cfg.base.seed * 1_000_003 + step)
-        return rng.sample(self.rows, min(self.t.batch_prompts, len(self.rows)))
+        drawn = rng.sample(self.rows, min(self.t.batch_prompts, len(self.rows)))
+        acc = self.accelerator
+        return drawn[acc.process_index::acc.num_processes]
 
     def rollout(self, step: int) -> tuple[RolloutBatch, list[int]]:
         t = self.t
@@ -285,12 +321,30 @@ class RLTrainer:
         group = [i for i in range(len(rows)) for _ in range(t.group_size)]
         policy = self.accelerator.unwrap_model(self.m.policy)
         policy.eval()
-        generator = HFGenerator(policy, self.m.tokenizer, temperature=t.temperature)
-        batch = run_rollouts(generator, self.m.tokenizer, self.engine, [rows[i]["question"] for i in group],
+        batch = run_rollouts(self.generator(policy), self.m.tokenizer, self.engine, [rows[i]["question"] for i in group],
                              [rows[i]["golden_answers"] for i in group], max_turns=t.max_turns,
                              max_response_tokens=t.max_response_tokens, max_obs_tokens=t.max_obs_tokens, step=step,
                              max_context_tokens=t.max_prompt_tokens)
         return batch, group
+
+    def generator(self, policy):
+        """The rollout generator over ``policy``'s current weights (``train.rollout_backend``)."""
+        t = self.t
+        if t.rollout_backend == "hf":
+            return HFGenerator(policy, self.m.tokenizer, temperature=t.temperature)
+        if self._vllm is None:
+            from zerosearch.vllm_generator import VLLMGenerator
+
+            plugin = self.accelerator.state.deepspeed_plugin
+            if plugin is not None and plugin.zero_stage == 3:
+                raise ValueError("train.rollout_backend: vllm reads whole weights from each process; "
+                                 "with ZeRO-3 they are sharded: use deepspeed_zero2.yaml or rollout_backend: hf")
+            self._vllm = VLLMGenerator.create(
+                self.cfg.base.policy_model, self.m.tokenizer, gpu_memory_utilization=t.vllm_gpu_memory_utilization,
+                temperature=t.temperature, seed=self.cfg.base.seed + self.accelerator.process_index,
+                max_model_len=t.max_prompt_tokens)
+        self._vllm.sync_weights(policy)  # the engine samples from the weights being trained
+        return self._vllm
 
     def scores(self, batch: RolloutBatch) -> Tensor:
         completions = [self.m.tokenizer.decode(tr.response_ids, skip_special_tokens=False) for tr in batch.trajectories]

@@ -12,8 +12,9 @@ from zerosearch.search.base import SearchEngine
 ENGINES = ("bm25", "simulated", "hybrid", "dense", "web")
 
 
-def simulated_engine(cfg: Config, simulator_url: str, *, total_steps: int | None = None) -> SearchEngine:
-    """The simulated engine talking to the server at ``simulator_url`` (``.../v1``)."""
+def simulated_engine(cfg: Config, simulator_url: str | list[str], *, total_steps: int | None = None) -> SearchEngine:
+    """The simulated engine talking to the server at ``simulator_url`` (``.../v1``; a list of
+    URLs: requests are spread over the servers round-robin)."""
     from zerosearch.search.client import SimulatorClient
     from zerosearch.search.simulated import SimulatedEngine
 
@@ -51,7 +52,7 @@ def real_engine(cfg: Config, name: str = "bm25") -> SearchEngine:
     raise ValueError(f"unknown real engine {name!r}; known: bm25, dense, web")
 
 
-def make_engine(cfg: Config, name: str, *, simulator_url: str | None = None,
+def make_engine(cfg: Config, name: str, *, simulator_url: str | list[str] | None = None,
                 total_steps: int | None = None) -> SearchEngine:
     """Engine ``name`` (one of ENGINES); simulated and hybrid need a running simulator URL."""
     if name not in ENGINES:
@@ -74,8 +75,9 @@ def server_spec(cfg: Config):
     from zerosearch.serving import ServerSpec
 
     sim = cfg.simulator
+    url = sim.url[0] if isinstance(sim.url, list) else sim.url
     return ServerSpec(backend=sim.backend, model=cfg.served_simulator(), port=sim.port, tp=sim.tp, dp=sim.dp,
-                      url=sim.url, extra_args=tuple(sim.server_args) if sim.backend == "transformers" else ())
+                      url=url, extra_args=tuple(sim.server_args) if sim.backend == "transformers" else ())
 
 
 @contextlib.contextmanager
@@ -85,7 +87,14 @@ def open_engine(cfg: Config, name: str, *, total_steps: int | None = None,
     if name not in ("simulated", "hybrid"):
         yield make_engine(cfg, name)
         return
-    from zerosearch.serving import serve_simulator
+    from zerosearch.serving import ServerSpec, serve_simulator
 
-    with serve_simulator(server_spec(cfg), startup_timeout=cfg.simulator.startup_timeout, log_path=log_path) as url:
+    sim = cfg.simulator
+    if sim.backend == "url" and isinstance(sim.url, list):  # several running servers, load-balanced
+        with contextlib.ExitStack() as stack:
+            urls = [stack.enter_context(serve_simulator(ServerSpec(backend="url", model=cfg.served_simulator(), url=u),
+                                                        startup_timeout=sim.startup_timeout)) for u in sim.url]
+            yield make_engine(cfg, name, simulator_url=urls, total_steps=total_steps)
+        return
+    with serve_simulator(server_spec(cfg), startup_timeout=sim.startup_timeout, log_path=log_path) as url:
         yield make_engine(cfg, name, simulator_url=url, total_steps=total_steps)

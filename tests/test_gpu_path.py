@@ -1,0 +1,150 @@
+"""The GPU path's decisions, checked on CPU (precision, attention kernel, data-parallel split,
+rollout backend choice, launch configs), and `gpu`-marked tests that run the trainer on CUDA
+(skipped without it)."""
+
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import REPO, micro_config
+from zerosearch.generation import HFGenerator
+from zerosearch.models import resolve_attn_implementation
+from zerosearch.rl.trainer import RLTrainer, resolve_mixed_precision
+
+ROWS = [{"question": f"q{i}", "golden_answers": [f"a{i}"]} for i in range(40)]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_auto_precision_and_attention_on_cpu_keep_fp32_and_sdpa(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_mixed_precision("auto") == "no" and resolve_mixed_precision("bf16") == "bf16"
+    assert resolve_attn_implementation("auto") == "sdpa"
+    assert resolve_attn_implementation("eager") == "eager"
+
+
+def test_auto_attention_on_cuda_without_flash_attn_falls_back_to_sdpa_with_a_log_line(monkeypatch, caplog):
+    import importlib.util
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real(name, *a))
+    with caplog.at_level("INFO", logger="zerosearch.models"):
+        assert resolve_attn_implementation("auto") == "sdpa"
+    assert "flash-attn is not installed" in caplog.text
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert resolve_attn_implementation("auto") == "flash_attention_2"
+
+
+def fake_accelerator(index, n):
+    return types.SimpleNamespace(process_index=index, num_processes=n, is_main_process=index == 0,
+                                 state=types.SimpleNamespace(deepspeed_plugin=None))
+
+
+def test_processes_split_the_prompts_of_a_step_by_whole_prompts(tmp_path):
+    cfg = micro_config(tmp_path, "train.batch_prompts=4", "train.group_size=3", "train.mini_batch_size=6",
+                       "train.micro_batch_size=3")
+    shards = [RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=fake_accelerator(i, 2)).sample_rows(5)
+              for i in range(2)]
+    whole = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, 1)).sample_rows(5)
+    assert len(whole) == 4 and sorted(map(str, shards[0] + shards[1])) == sorted(map(str, whole))
+    assert len(shards[0]) == len(shards[1]) == 2
+    trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, 3))
+    with pytest.raises(ValueError, match="batch_prompts \\(4\\) must be a multiple of the 3 processes"):
+        trainer._check_process_split()
+    cfg = micro_config(tmp_path, "train.batch_prompts=4", "train.group_size=3", "train.mini_batch_size=12",
+                       "train.micro_batch_size=3")
+    trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, 2))
+    with pytest.raises(ValueError, match="mini_batch_size \\(12\\) must divide the 6 rollouts"):
+        trainer._check_process_split()
+
+
+def test_rollout_backend_hf_makes_a_generator_per_step_vllm_one_engine_synced_every_step(tmp_path, monkeypatch):
+    from zerosearch import vllm_generator
+
+    from zerosearch.models import train_tokenizer
+
+    tok = train_tokenizer(["<search> a </search> <answer> b </answer>"] * 5, vocab_size=300)
+    cfg = micro_config(tmp_path)
+    trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, 1))
+    trainer.m = types.SimpleNamespace(tokenizer=tok)
+    policy = torch.nn.Linear(2, 2)
+    assert isinstance(trainer.generator(policy), HFGenerator)
+
+    created, synced = [], []
+
+    class Engine:
+        def sync_weights(self, p):
+            synced.append(p)
+
+    def create(path, tokenizer, **kw):
+        created.append((path, kw))
+        return Engine()
+
+    monkeypatch.setattr(vllm_generator.VLLMGenerator, "create", staticmethod(create))
+    cfg = micro_config(tmp_path, "train.rollout_backend=vllm", "train.vllm_gpu_memory_utilization=0.25")
+    trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=fake_accelerator(1, 2))
+    trainer.m = types.SimpleNamespace(tokenizer=None)
+    first, second = trainer.generator(policy), trainer.generator(policy)
+    assert first is second and len(created) == 1 and synced == [policy, policy]
+    assert created[0][1]["gpu_memory_utilization"] == 0.25 and created[0][1]["seed"] == cfg.base.seed + 1
+
+    zero3 = fake_accelerator(0, 2)
+    zero3.state.deepspeed_plugin = types.SimpleNamespace(zero_stage=3)
+    trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=zero3)
+    trainer.m = types.SimpleNamespace(tokenizer=None)
+    with pytest.raises(ValueError, match="ZeRO-3"):
+        trainer.generator(policy)
+
+
+@pytest.mark.parametrize("name", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml", "multinode_zero2.yaml"])
+def test_launch_configs_are_deepspeed_bf16_and_the_launch_command_parses(name):
+    raw = yaml.safe_load((REPO / "configs" / "accelerate" / name).read_text())
+    assert raw["distributed_type"] == "DEEPSPEED" and raw["mixed_precision"] == "bf16"
+    assert raw["num_processes"] == 4 * raw["num_machines"]
+    from accelerate.commands.launch import launch_command_parser
+
+    args = launch_command_parser().parse_args(["--config_file", str(REPO / "configs/accelerate" / name),
+                                               "-m", "zerosearch.cli", "train", "--resume"])
+    assert args.module and args.training_script == "zerosearch.cli" and args.training_script_args == ["train", "--resume"]
+
+
+def test_python_m_zerosearch_cli_is_the_cli():
+    """`accelerate launch -m zerosearch.cli train` needs the module to run the app."""
+    out = subprocess.run([sys.executable, "-m", "zerosearch.cli", "train", "--help"], capture_output=True, text=True,
+                         cwd=REPO, timeout=120)
+    assert out.returncode == 0 and "--resume" in out.stdout
+
+
+@pytest.mark.gpu
+@cuda
+def test_the_train_stage_runs_on_cuda_in_bf16(micro_world):
+    from zerosearch.training import train_policy
+
+    cfg = micro_config(micro_world, "train.engine=bm25", "train.total_steps=2", "train.save_every=1",
+                       "train.batch_prompts=2", "train.group_size=2", "train.mini_batch_size=4",
+                       "train.micro_batch_size=2", "train.mixed_precision=auto")
+    torch.cuda.reset_peak_memory_stats()
+    summary = train_policy(cfg)
+    assert summary["steps"] == 2 and torch.cuda.max_memory_allocated() > 0
+    assert resolve_mixed_precision("auto") == "bf16"
+
+
+@pytest.mark.gpu
+@cuda
+def test_hf_generator_on_cuda_matches_generate(micro_world):
+    from zerosearch.models import left_pad, load_model
+
+    model, tok = load_model(str(micro_world / "models/base/policy"))
+    model = model.cuda().eval()
+    gen = HFGenerator(model, tok, do_sample=False)
+    contexts = [tok("Where was", add_special_tokens=False)["input_ids"], tok("The answer", add_special_tokens=False)["input_ids"]]
+    ids, mask = left_pad(contexts, gen.pad_id)
+    ref = model.generate(input_ids=ids.cuda(), attention_mask=mask.cuda(), max_new_tokens=12, do_sample=False,
+                         eos_token_id=gen.stop_ids, pad_token_id=gen.pad_id)[:, ids.shape[1]:].tolist()
+    out = gen.generate(contexts, 12, keys=[0, 1])
+    for row, mine in zip(ref, out):
+        assert row[: len(mine)] == mine
