@@ -23,9 +23,9 @@ from rich.table import Table
 
 from zerosearch.config import load_config
 from zerosearch.data.schema import read_qa_parquet
+from zerosearch.generation import HFGenerator
 from zerosearch.models import load_model
 from zerosearch.rewards import exact_match
-from zerosearch.generation import HFGenerator
 from zerosearch.rollout import run_rollouts
 from zerosearch.search.bm25 import BM25Engine
 

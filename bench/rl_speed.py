@@ -39,10 +39,10 @@ from rich.table import Table
 
 from zerosearch.config import load_config
 from zerosearch.data.schema import read_qa_parquet
+from zerosearch.generation import HFGenerator
 from zerosearch.models import left_pad, load_model
 from zerosearch.prompts import policy_prompt
 from zerosearch.rewards import get_reward
-from zerosearch.generation import HFGenerator
 from zerosearch.rollout import run_rollouts
 from zerosearch.search.bm25 import BM25Engine
 

@@ -64,7 +64,6 @@ def test_processes_split_the_prompts_of_a_step_by_whole_prompts(tmp_path):
 
 def test_rollout_backend_hf_makes_a_generator_per_step_vllm_one_engine_synced_every_step(tmp_path, monkeypatch):
     from zerosearch import vllm_generator
-
     from zerosearch.models import train_tokenizer
 
     tok = train_tokenizer(["<search> a </search> <answer> b </answer>"] * 5, vocab_size=300)

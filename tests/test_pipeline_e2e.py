@@ -128,7 +128,6 @@ def test_a_deployment_run_with_overrides_is_a_dvc_experiment_and_an_mlflow_run(r
 
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
-    from prefect.runner import Runner
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.deploy import pipeline_deployment
@@ -149,12 +148,17 @@ def test_a_deployment_run_with_overrides_is_a_dvc_experiment_and_an_mlflow_run(r
         flow_run = run_deployment(f"pipeline/{cfg.orchestration.deployment}", timeout=0,
                                   parameters={"overrides": ["eval.max_samples=10"], "experiment": "e2e-exp"})
 
-        async def execute_and_read():
-            await Runner().execute_flow_run(flow_run.id)
+        from prefect.settings import PREFECT_API_URL
+
+        # what a worker does with a run started from the UI: execute it by id
+        run(["prefect", "flow-run", "execute", str(flow_run.id)], REPO,
+            {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()})
+
+        async def read():
             async with get_client() as client:
                 return await client.read_deployment(deployment_id), await client.read_flow_run(flow_run.id)
 
-        deployment, finished = asyncio.run(execute_and_read())
+        deployment, finished = asyncio.run(read())
     assert [s.schedule.cron for s in deployment.schedules] == [cfg.orchestration.cron]
     assert finished.state.is_completed(), finished.state.message
     shown = run(["dvc", "exp", "show", "--json"], repo, env)

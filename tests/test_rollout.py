@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from zerosearch.generation import HFGenerator
 from zerosearch.models import train_tokenizer
 from zerosearch.prompts import INVALID_ACTION, information_block, policy_prompt
-from zerosearch.generation import HFGenerator
 from zerosearch.rollout import parse_action, run_rollouts
 from zerosearch.search.base import Doc
 

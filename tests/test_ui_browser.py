@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, micro_overrides
-from zerosearch.serving import stop_process_group, free_port
+from zerosearch.serving import free_port, stop_process_group
 from zerosearch.tracking import mlflow_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from zerosearch.generation import HFGenerator
 from zerosearch.prompts import information_block, policy_prompt
 from zerosearch.rewards import exact_match, f1_score
-from zerosearch.generation import HFGenerator
 from zerosearch.rollout import parse_action, run_rollouts
 from zerosearch.search.base import SearchEngine
 

@@ -30,9 +30,9 @@ from zerosearch.base_models import save_atomically
 from zerosearch.config import Config, LoraSection, PretrainRun
 from zerosearch.data.demos import demo_searches, demo_world
 from zerosearch.data.schema import read_jsonl, read_qa_parquet, write_jsonl
+from zerosearch.generation import HFGenerator
 from zerosearch.models import load_model, with_lora
 from zerosearch.rewards import normalize_answer
-from zerosearch.generation import HFGenerator
 from zerosearch.rollout import Generator, run_rollouts
 from zerosearch.search.base import Doc, SearchEngine, format_docs
 from zerosearch.search.bm25 import BM25Engine

@@ -32,8 +32,9 @@ only the main process writes checkpoints): the same code runs single-process on 
 parallel, each process rolls out and trains on ``batch_prompts / processes`` prompts (whole
 groups) and the optimizer steps on the averaged gradients; the reference model and the critic
 are placed like the policy (a replica per process, or sharded by ZeRO-3). Logged metrics are
-the main process's share; REINFORCE++'s batch normalization is per process. ``train.mixed_precision`` (``auto``: bf16
-on CUDA) and ``base.attn_implementation`` (``auto``: flash-attn when installed) apply there.
+the main process's share; REINFORCE++'s batch normalization is per process.
+``train.mixed_precision`` (``auto``: bf16 on CUDA) and ``base.attn_implementation`` (``auto``:
+flash-attn when installed) apply there.
 
 Rollouts come from ``train.rollout_backend``: ``hf`` (``zerosearch.generation.HFGenerator``, a
 new one per step over the current weights) or ``vllm`` (``zerosearch.vllm_generator``: one
@@ -55,11 +56,24 @@ import torch
 from torch import Tensor
 
 from zerosearch.config import Config
-from zerosearch.rewards import exact_match, get_reward
-from zerosearch.rl.algorithms import aggregate, entropy_from_logits, get_advantage, get_kl, policy_loss, value_loss
-from zerosearch.rl.checkpoint import (checkpoint_path, config_differences, latest_checkpoint, load_state,
-                                      save_checkpoint, set_rng_state)
 from zerosearch.generation import HFGenerator
+from zerosearch.rewards import exact_match, get_reward
+from zerosearch.rl.algorithms import (
+    aggregate,
+    entropy_from_logits,
+    get_advantage,
+    get_kl,
+    policy_loss,
+    value_loss,
+)
+from zerosearch.rl.checkpoint import (
+    checkpoint_path,
+    config_differences,
+    latest_checkpoint,
+    load_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from zerosearch.rollout import RolloutBatch, run_rollouts
 from zerosearch.search.base import SearchEngine
 from zerosearch.tracking import NullTracker
