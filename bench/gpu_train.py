@@ -105,7 +105,8 @@ def main() -> None:
                      args.intermediate)
         big_cfg = load_config(args.params, [*common, f"base.policy_model={big}", "train.gradient_checkpointing=true",
                                             "train.lr=1e-6"])
-        results[f"random Qwen2 ({args.hidden} x {args.layers} layers)"] = run(big_cfg, engine, rows, args.steps, args.device, tmp / "big")
+        name = f"random Qwen2 ({args.hidden} x {args.layers} layers)"
+        results[name] = run(big_cfg, engine, rows, args.steps, args.device, tmp / "big")
 
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     table = Table(title=f"RL trainer on {device}: GRPO, {args.prompts} prompts x {args.group}, BM25, "

@@ -43,8 +43,9 @@ def test_paper_presets_carry_the_papers_values():
         assert cfg.base.preset == path.stem and cfg.train.rollout_backend == "vllm"
     qwen7 = load_config(REPO / "configs/paper/grpo-qwen2.5-7b-sft.yaml")
     assert qwen7.base.policy_model == "Qwen/Qwen2.5-7B" and qwen7.simulator.curriculum.p_end == 0.75
-    assert load_config(REPO / "configs/paper/grpo-qwen2.5-3b-instruct-sft.yaml").base.policy_model == \
-        "Qwen/Qwen2.5-3B-Instruct"
+    instruct = load_config(REPO / "configs/paper/grpo-qwen2.5-3b-instruct-sft.yaml")
+    assert instruct.base.policy_model == "Qwen/Qwen2.5-3B-Instruct" and instruct.base.chat_prompt  # chat template
+    assert not qwen7.base.chat_prompt
     qwen = load_config(REPO / "configs/paper/grpo-qwen2.5-3b-sft.yaml")
     assert (qwen.simulator.curriculum.p_start, qwen.simulator.curriculum.p_end) == (0.0, 0.25)
     assert qwen.simulator.curriculum.base == 4.0

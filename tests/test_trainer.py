@@ -186,3 +186,22 @@ def test_on_policy_update_skips_the_extra_forward_and_gives_the_same_step(micro_
         trainer.update(exp, step=0)
         params.append(torch.cat([p.detach().flatten() for p in trainer.m.policy.parameters()]))
     assert torch.allclose(params[0], params[1], atol=1e-6)
+
+
+def test_rollouts_use_the_chat_template_when_the_params_say_so(tmp_path, monkeypatch):
+    """base.chat_prompt (instruct policies) reaches the rollout loop."""
+    import types
+
+    from zerosearch.rl import trainer as trainer_module
+
+    seen = {}
+    monkeypatch.setattr(trainer_module, "run_rollouts", lambda *a, **kw: seen.update(kw) or "batch")
+    rows = [{"question": "q", "golden_answers": ["a"]}] * 4
+    acc = types.SimpleNamespace(process_index=0, num_processes=1, unwrap_model=lambda m: m)
+    for flag in (False, True):
+        t = trainer_module.RLTrainer(micro_config(tmp_path, f"base.chat_prompt={str(flag).lower()}"), None, rows,
+                                     checkpoint_dir=tmp_path, accelerator=acc)
+        t.m = types.SimpleNamespace(policy=torch.nn.Linear(1, 1), tokenizer=None)
+        monkeypatch.setattr(t, "generator", lambda policy: None)
+        t.rollout(0)
+        assert seen["chat"] is flag

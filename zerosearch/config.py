@@ -43,6 +43,7 @@ class BaseSection(_Section):
     mlflow_experiment: str
     trust_remote_code: bool
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"]
+    chat_prompt: bool
 
 
 class WorldSection(_Section):

@@ -55,14 +55,16 @@ def run_methods(cfg: Config, engine, benchmarks: dict[str, list[dict]]) -> tuple
         for bench, rows in benchmarks.items():
             if method == "direct":
                 recs = predict_direct(model, tok, rows, max_response_tokens=t.max_response_tokens,
-                                      batch_size=e.batch_size)
+                                      batch_size=e.batch_size, chat=cfg.base.chat_prompt)
             elif method == "rag":
                 recs = predict_rag(model, tok, engine, rows, max_response_tokens=t.max_response_tokens,
-                                   max_obs_tokens=t.max_obs_tokens, batch_size=e.batch_size)
+                                   max_obs_tokens=t.max_obs_tokens, batch_size=e.batch_size,
+                                   chat=cfg.base.chat_prompt)
             else:
                 recs = predict_agent(model, tok, engine, rows, max_turns=t.max_turns,
                                      max_response_tokens=t.max_response_tokens, max_obs_tokens=t.max_obs_tokens,
-                                     max_context_tokens=t.max_prompt_tokens, batch_size=e.batch_size)
+                                     max_context_tokens=t.max_prompt_tokens, batch_size=e.batch_size,
+                                     chat=cfg.base.chat_prompt)
             results[method][bench] = summarize(recs)
             records += [{"method": method, "benchmark": bench, **r} for r in recs]
     return results, records

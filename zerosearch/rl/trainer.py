@@ -338,7 +338,7 @@ class RLTrainer:
         batch = run_rollouts(self.generator(policy), self.m.tokenizer, self.engine, [rows[i]["question"] for i in group],
                              [rows[i]["golden_answers"] for i in group], max_turns=t.max_turns,
                              max_response_tokens=t.max_response_tokens, max_obs_tokens=t.max_obs_tokens, step=step,
-                             max_context_tokens=t.max_prompt_tokens)
+                             max_context_tokens=t.max_prompt_tokens, chat=self.cfg.base.chat_prompt)
         return batch, group
 
     def generator(self, policy):
