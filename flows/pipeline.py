@@ -76,7 +76,7 @@ def dvc_exp_run(repo: str, changes: list[str], name: str, temp: bool) -> Experim
 def publish_results(repo: str, result: ExperimentResult, preset: str, overrides: list[str]) -> dict:
     cfg = load_config(resolve_preset(preset, repo), overrides)
     table = experiment_metrics(result.name, f"{cfg.base.paths.metrics}/eval.json", repo)
-    runs = experiment_runs(result.name, cfg.base.mlflow_experiment)
+    runs = experiment_runs(result.name, cfg.base.mlflow_experiment, root=repo)
     registered = next((r["registered_model"] for r in runs if r.get("registered_model")), None)
     links = "\n".join(f"- `{r['stage']}`: [{r['run_id']}]({r['url']})" for r in runs) or "- (no MLflow runs found)"
     markdown = (
@@ -84,7 +84,7 @@ def publish_results(repo: str, result: ExperimentResult, preset: str, overrides:
         f"Preset `{preset}`, overrides `{overrides}`.\n\n"
         f"Stages run: {', '.join(result.ran) or 'none'}; up to date: {', '.join(result.skipped) or 'none'}.\n\n"
         f"## EM (engine `{cfg.eval.engine}`)\n\n{markdown_table(table, cfg.data.benchmarks)}\n\n"
-        f"## MLflow ({tracking_uri()})\n\n{links}\n\n"
+        f"## MLflow ({tracking_uri(repo)})\n\n{links}\n\n"
         f"Registered policy: `{registered or 'not registered'}`\n\n"
         f"Compare: `dvc exp show`, `dvc metrics diff`, or the MLflow UI's compare view.\n")
     create_markdown_artifact(key=artifact_key(result.name), markdown=markdown,

@@ -74,6 +74,8 @@ class HFGenerator:
         ``keys`` name the trajectory of each context so its KV cache is reused next turn;
         kept caches of keys not in this call are dropped."""
         contexts = [list(c) for c in contexts]
+        if not contexts:
+            return []
         keys = list(keys) if keys is not None and self.reuse_cache else [None] * len(contexts)
         kept = {k: self._kept[k] for k in keys if k is not None and k in self._kept}
         self._kept = {}
