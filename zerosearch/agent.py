@@ -45,13 +45,11 @@ def resolve_policy(ref: str) -> str:
     """A loadable path or hub id for ``ref``; ``models:/...`` is fetched from MLflow."""
     if not ref.startswith("models:/"):
         return ref
-    import os
-
     import mlflow
 
-    from zerosearch.tracking import DEFAULT_TRACKING_URI
+    from zerosearch.tracking import tracking_uri
 
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+    mlflow.set_tracking_uri(tracking_uri())
     local = Path(mlflow.artifacts.download_artifacts(ref))
     configs = sorted(local.rglob("config.json"), key=lambda p: len(p.parts))
     if not configs:

@@ -25,7 +25,6 @@ from typing import Any
 
 from zerosearch.atomic import atomic_path
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MLFLOW_UI_PORT = 5000
 
 
@@ -219,7 +218,12 @@ def mlflow_server(root: str | Path, host: str = "127.0.0.1", port: int = 0, star
     """Run an MLflow tracking server for ``root`` and yield its URL once ``/health`` answers."""
     import httpx
 
-    from zerosearch.serving import ServerStartError, stop_process_group, free_port, port_in_use
+    from zerosearch.serving import (
+        ServerStartError,
+        free_port,
+        port_in_use,
+        stop_process_group,
+    )
 
     port = port or free_port(host)
     if port_in_use(host, port):
