@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, micro_overrides
-from zerosearch.serving import free_port, stop_process_group
+from zerosearch.serving import free_port, health_ok, stop_process_group
 from zerosearch.tracking import mlflow_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -49,11 +49,8 @@ def prefect_server(tmp_path):
     try:
         deadline = time.monotonic() + 120
         while True:
-            try:
-                if httpx.get(f"{url}/api/health", timeout=2, trust_env=False).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+            if health_ok(f"{url}/api"):  # GET <url>/api/health
+                break
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "prefect-server.log").read_text()
             time.sleep(1)
         yield url

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import re
 import subprocess
 from collections.abc import Callable, Sequence
@@ -45,7 +44,6 @@ class ExperimentFailed(RuntimeError):
 @dataclass
 class ExperimentResult:
     name: str
-    changes: list[str]
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
@@ -86,15 +84,14 @@ def dvc_exp_command(changes: Sequence[str], name: str, temp: bool = True) -> lis
 
 
 def run_experiment(changes: Sequence[str], name: str, repo: str | Path = ".", *, temp: bool = True,
-                   on_line: Callable[[str], None] = lambda line: None, env: dict[str, str] | None = None
-                   ) -> ExperimentResult:
+                   on_line: Callable[[str], None] = lambda line: None) -> ExperimentResult:
     """Run ``dvc exp run`` in ``repo``, streaming its output lines to ``on_line``.
 
     Raises ExperimentFailed naming the stage that was running when it failed."""
-    result = ExperimentResult(name, list(changes))
+    result = ExperimentResult(name)
     tail: collections.deque[str] = collections.deque(maxlen=40)
     proc = subprocess.Popen(dvc_exp_command(changes, name, temp), cwd=repo, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+                            stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip("\n")

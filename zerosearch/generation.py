@@ -30,6 +30,8 @@ import torch
 from transformers import DynamicCache
 from transformers.generation.logits_process import TopPLogitsWarper
 
+from zerosearch.rollout import stop_markers
+
 COMPACT_FRACTION = 0.25  # cut stopped rows out of the batch once this share of it has stopped
 
 
@@ -59,10 +61,7 @@ class HFGenerator:
         self.model, self.tokenizer = model, tokenizer
         self.do_sample, self.temperature, self.reuse_cache = do_sample, temperature, reuse_cache
         self.top_p = TopPLogitsWarper(top_p) if do_sample and top_p < 1.0 else None
-        tag_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("</search>", "</answer>")]
-        single = all(i is not None and i != tokenizer.unk_token_id for i in tag_ids)
-        self.stop_ids = (tag_ids if single else []) + [tokenizer.eos_token_id]
-        self.stop_strings = None if single else ["</search>", "</answer>"]
+        self.stop_ids, self.stop_strings = stop_markers(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._cache_arg = _cache_argument(model)
         self._kept: dict[Hashable, _KeptCache] = {}

@@ -114,6 +114,14 @@ class RolloutBatch:
         }
 
 
+def stop_markers(tokenizer) -> tuple[list[int], list[str]]:
+    """Where a turn stops: ``(token ids, strings)``. ``</search>`` and ``</answer>`` are stop
+    token ids when the tokenizer has them as single tokens (else stop strings), plus EOS."""
+    tag_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("</search>", "</answer>")]
+    single = all(i is not None and i != tokenizer.unk_token_id for i in tag_ids)
+    return (tag_ids if single else []) + [tokenizer.eos_token_id], [] if single else ["</search>", "</answer>"]
+
+
 def parse_action(text: str) -> tuple[str, str] | None:
     """The first ``<search>``/``<answer>`` block of a turn as (kind, content), or None."""
     m = ACTION_RE.search(text)

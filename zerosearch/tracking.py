@@ -216,11 +216,10 @@ def mlflow_server_command(root: str | Path, host: str = "127.0.0.1", port: int =
 def mlflow_server(root: str | Path, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 60.0
                   ) -> Iterator[str]:
     """Run an MLflow tracking server for ``root`` and yield its URL once ``/health`` answers."""
-    import httpx
-
     from zerosearch.serving import (
         ServerStartError,
         free_port,
+        health_ok,
         port_in_use,
         stop_process_group,
     )
@@ -238,11 +237,8 @@ def mlflow_server(root: str | Path, host: str = "127.0.0.1", port: int = 0, star
         while True:
             if proc.poll() is not None:
                 raise ServerStartError(f"mlflow server exited with code {proc.returncode}; see {log}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2.0, trust_env=False).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+            if health_ok(url):  # GET <url>/health
+                break
             if time.monotonic() > deadline:
                 raise ServerStartError(f"mlflow server did not answer {url}/health within {startup_timeout:g}s; see {log}")
             time.sleep(0.5)

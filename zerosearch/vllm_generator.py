@@ -5,7 +5,7 @@ vLLM batches continuously and caches prefixes, which is what a multi-turn rollou
 GPU. ``VLLMGenerator`` implements ``rollout.Generator`` on token ids (contexts in, new ids out,
 the stop token kept), so the rollout container and its masks are the same as with ``hf``.
 
-After every optimizer step the trainer calls ``sync_weights(policy)``: the policy's current
+Before every rollout the trainer calls ``sync_weights(policy)``: the policy's current
 weights are loaded into the engine's model in place (``model.load_weights``, the same route
 TRL's colocated vLLM mode takes), LoRA adapters merged first, and the prefix cache is reset
 (cached K/V belong to the old weights). Not exercised in CI: vLLM needs a GPU and is not
@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterator, Sequence
 
 import torch
+
+from zerosearch.rollout import stop_markers
 
 
 def _import_vllm():
@@ -39,10 +41,7 @@ class VLLMGenerator:
         self.vllm = _import_vllm()
         self.temperature = temperature if do_sample else 0.0
         self.top_p, self.seed = top_p, seed
-        tag_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("</search>", "</answer>")]
-        single = all(i is not None and i != tokenizer.unk_token_id for i in tag_ids)
-        self.stop_ids = (tag_ids if single else []) + [tokenizer.eos_token_id]
-        self.stop_strings = [] if single else ["</search>", "</answer>"]
+        self.stop_ids, self.stop_strings = stop_markers(tokenizer)
 
     @classmethod
     def create(cls, model_path: str, tokenizer, *, gpu_memory_utilization: float, temperature: float,
