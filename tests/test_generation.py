@@ -91,3 +91,32 @@ def test_sampling_is_seeded_and_respects_max_new_tokens(tok, model):
     assert a == b
     assert all(1 <= len(x) <= 5 for x in a)
     assert all(x[-1] in gen.stop_ids or len(x) == 5 for x in a)
+
+
+def test_the_transformers_forward_step_gives_the_same_turns(tok, model):
+    from zerosearch.kv_forward import transformers_step
+
+    gen = HFGenerator(model, tok, do_sample=False)
+    gen.step = transformers_step(model)  # the step for models without the Llama layout
+    contexts = contexts_for(tok, 6)
+    first = gen.generate(contexts, 12, keys=list(range(6)))
+    assert first == reference(model, gen, contexts, 12)
+    second = [c + f + [5, 6, 7] for c, f in zip(contexts, first)]
+    assert gen.generate(second, 12, keys=list(range(6))) == reference(model, gen, second, 12)
+
+
+def test_rows_with_the_same_context_are_prefilled_once(tok, model):
+    gen = HFGenerator(model, tok, do_sample=False)
+    prefill_rows = []
+    step = gen.step
+
+    def recording(ids, positions, valid, kv):
+        if ids.shape[1] > 1:
+            prefill_rows.append(ids.shape[0])
+        return step(ids, positions, valid, kv)
+
+    gen.step = recording
+    contexts = contexts_for(tok, 4) * 3  # a group of 3 rollouts per prompt
+    out = gen.generate(contexts, 10, keys=list(range(12)))
+    assert prefill_rows == [4]
+    assert out == reference(model, gen, contexts, 10)

@@ -70,7 +70,10 @@ def test_rollout_backend_hf_makes_a_generator_per_step_vllm_one_engine_synced_ev
     cfg = micro_config(tmp_path)
     trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, 1))
     trainer.m = types.SimpleNamespace(tokenizer=tok)
-    policy = torch.nn.Linear(2, 2)
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    policy = Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                          num_key_value_heads=1, intermediate_size=32))
     assert isinstance(trainer.generator(policy), HFGenerator)
 
     created, synced = [], []

@@ -2,8 +2,8 @@
 
 ``HFGenerator.generate(contexts, max_new_tokens, keys)`` continues every context by one turn
 and stops each row at ``</search>``, ``</answer>`` or end of text. It is its own decode loop
-over ``model(...)`` rather than ``model.generate`` for two reasons the multi-turn rollout
-makes expensive with ``generate`` (bench/rl_speed.py (a)):
+rather than ``model.generate``, for what the multi-turn rollout makes expensive with
+``generate`` (bench/rl_speed.py (a)):
 
 1. **KV cache kept between turns.** A trajectory's next turn starts from its previous
    context plus the documents the engine appended. ``generate`` would prefill the whole
@@ -13,23 +13,28 @@ makes expensive with ``generate`` (bench/rl_speed.py (a)):
 2. **Finished rows leave the batch.** ``generate`` decodes every row until the longest one
    stops. Here a row that stopped is cut out of the batch (its cache kept for the next turn)
    once a quarter of the batch has stopped, so the tail of a turn runs at a small batch.
+3. **Equal rows prefill once.** Rows with the same context and kept prefix (the n rollouts
+   of one prompt, first turn) are run through the model once and copied.
+4. **A cheaper step.** Each model call is ``kv_forward.step_function(model)``: K/V written in
+   place into buffers sized for the turn (no cache concatenation per token) and, for
+   Llama-layout models, the decoder run over its modules without the transformers forward's
+   per-call overhead.
 
 Rows are left-aligned to a shared width the usual way: each row's cached tokens and new
-tokens are placed right-aligned, padding carries attention mask 0, and position ids are
-given explicitly (count of the row's real tokens), so gaps in the mask change nothing.
+tokens are placed right-aligned, padding is not a real column, and position ids are given
+explicitly (count of the row's real tokens), so gaps change nothing.
 Greedy output equals ``model.generate`` (tests/test_generation.py).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 from transformers.generation.logits_process import TopPLogitsWarper
 
+from zerosearch.kv_forward import KVBuffers, step_function
 from zerosearch.rollout import stop_markers
 
 COMPACT_FRACTION = 0.25  # cut stopped rows out of the batch once this share of it has stopped
@@ -63,7 +68,7 @@ class HFGenerator:
         self.top_p = TopPLogitsWarper(top_p) if do_sample and top_p < 1.0 else None
         self.stop_ids, self.stop_strings = stop_markers(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._cache_arg = _cache_argument(model)
+        self.step = step_function(model)
         self._kept: dict[Hashable, _KeptCache] = {}
 
     @torch.no_grad()
@@ -79,16 +84,16 @@ class HFGenerator:
         kept = {k: self._kept[k] for k in keys if k is not None and k in self._kept}
         self._kept = {}
         starts = [(kept[k], kept[k].prefix_length(c)) if k in kept else (None, 0) for k, c in zip(keys, contexts)]
-        batch = _Batch.prefill(self, contexts, starts)
+        batch = _Batch.prefill(self, contexts, starts, max_new_tokens)
         new: list[list[int]] = [[] for _ in contexts]
         running = list(range(len(contexts)))  # original row index per batch row
         while True:
             tokens = self._sample(batch.logits)
             stopped = []
-            for b, row in enumerate(running):
+            for b, (row, token) in enumerate(zip(running, tokens.tolist())):
                 if batch.stopped[b]:
                     continue  # stopped earlier, waiting to be cut out of the batch
-                new[row].append(int(tokens[b]))
+                new[row].append(token)
                 if self._stops(new[row], max_new_tokens):
                     stopped.append(b)
             batch.mark_stopped(stopped)
@@ -129,48 +134,54 @@ class HFGenerator:
 
 
 class _Batch:
-    """The running decode batch: cache, attention mask, next positions, stopped flags."""
+    """The running decode batch: K/V buffers, which key columns are real, next positions, stopped flags."""
 
-    def __init__(self, gen: HFGenerator, cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor,
+    def __init__(self, gen: HFGenerator, kv: KVBuffers, valid: torch.Tensor, positions: torch.Tensor,
                  logits: torch.Tensor):
-        self.gen, self.cache, self.mask, self.positions, self.logits = gen, cache, mask, positions, logits
-        self.stopped = torch.zeros(mask.shape[0], dtype=torch.bool)
+        self.gen, self.kv, self.valid, self.positions, self.logits = gen, kv, valid, positions, logits
+        self.stopped = torch.zeros(valid.shape[0], dtype=torch.bool)
 
     @classmethod
-    def prefill(cls, gen: HFGenerator, contexts: list[list[int]], starts: list[tuple[_KeptCache | None, int]]) -> _Batch:
-        """Run every row's not-yet-cached tokens, right-aligned after its kept cache."""
+    def prefill(cls, gen: HFGenerator, contexts: list[list[int]], starts: list[tuple[_KeptCache | None, int]],
+                max_new_tokens: int) -> _Batch:
+        """Run every row's not-yet-cached tokens, right-aligned after its kept cache. Rows with the
+        same context and kept prefix (the group of one prompt, first turn) run once and are copied.
+        The buffers hold the prefill and ``max_new_tokens`` more columns, all a turn can need."""
         device = _device(gen.model)
-        rows = len(contexts)
-        past = max(n for _, n in starts)
+        group_of: dict[tuple, int] = {}
+        expand = [group_of.setdefault((tuple(c), n), len(group_of)) for c, (_, n) in zip(contexts, starts)]
+        unique = {g: i for i, g in reversed(list(enumerate(expand)))}  # group -> its first row
+        reps = [unique[g] for g in range(len(group_of))]
+        contexts, starts = [contexts[i] for i in reps], [starts[i] for i in reps]
+        rows, past = len(reps), max(n for _, n in starts)
         fresh = [c[n:] for c, (_, n) in zip(contexts, starts)]
         width = max(len(f) for f in fresh)
+        kv = KVBuffers(rows, past + width + max_new_tokens)
         ids = torch.full((rows, width), gen.pad_id, dtype=torch.long)
-        mask = torch.zeros((rows, past + width), dtype=torch.long)
+        valid = torch.zeros((rows, kv.capacity), dtype=torch.bool)
         positions = torch.zeros((rows, width), dtype=torch.long)
         for i, (f, (_, n)) in enumerate(zip(fresh, starts)):
             ids[i, width - len(f):] = torch.tensor(f)
-            mask[i, past - n: past] = 1
-            mask[i, past + width - len(f):] = 1
+            valid[i, past - n: past] = True
+            valid[i, past + width - len(f): past + width] = True
             positions[i, width - len(f):] = torch.arange(n, n + len(f))
-        cache = DynamicCache()
         if past:
-            _seed_cache(cache, starts, past, rows, device)
-        out = gen.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                        use_cache=True, logits_to_keep=1, **{gen._cache_arg: cache})
-        next_pos = torch.tensor([len(c) for c in contexts])
-        return cls(gen, cache, mask, next_pos, out.logits[:, -1])  # the model filled ``cache`` in place
+            _seed(kv, starts, past, device)
+        valid = valid.to(device)
+        logits = gen.step(ids.to(device), positions.to(device), valid, kv)
+        next_pos = torch.tensor([len(c) for c in contexts], device=device)
+        batch = cls(gen, kv, valid, next_pos, logits)
+        if rows < len(expand):
+            batch.select_rows(torch.tensor(expand))
+        return batch
 
     def decode(self, tokens: torch.Tensor) -> None:
-        """Feed one token per row; stopped rows get padding (mask 0) until they are cut out."""
-        device = _device(self.gen.model)
-        live = (~self.stopped).long()
-        ids = torch.where(self.stopped, torch.full_like(tokens, self.gen.pad_id), tokens.cpu())
-        self.mask = torch.cat([self.mask, live[:, None]], dim=1)
-        out = self.gen.model(input_ids=ids[:, None].to(device), attention_mask=self.mask.to(device),
-                             position_ids=self.positions[:, None].to(device), use_cache=True, logits_to_keep=1,
-                             **{self.gen._cache_arg: self.cache})
-        self.positions = self.positions + live
-        self.logits = out.logits[:, -1]
+        """Feed one token per row; stopped rows get padding (not a real column) until they are cut out."""
+        live = ~self.stopped.to(self.valid.device)
+        self.valid[:, self.kv.length] = live
+        ids = torch.where(live, tokens, torch.full_like(tokens, self.gen.pad_id))
+        self.logits = self.gen.step(ids[:, None], self.positions[:, None], self.valid, self.kv)
+        self.positions = self.positions + live.long()
 
     def mark_stopped(self, rows: list[int]) -> None:
         self.stopped[rows] = True
@@ -187,47 +198,34 @@ class _Batch:
         return self.stopped.nonzero().flatten().tolist()
 
     def row_cache(self, b: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Row ``b``'s K/V on its real (attended) positions, per layer (heads, n, dim)."""
-        cols = self.mask[b].nonzero().flatten().to(_device(self.gen.model))
-        return ([layer.keys[b][:, cols] for layer in self.cache.layers],
-                [layer.values[b][:, cols] for layer in self.cache.layers])
+        """Row ``b``'s K/V on its real columns, per layer (heads, n, dim)."""
+        return self.kv.row(b, self.valid[b, : self.kv.length].nonzero().flatten())
 
     def drop_stopped(self) -> torch.Tensor:
-        """Cut stopped rows out of the cache and state; returns the indices of the rows kept."""
+        """Cut stopped rows out of the buffers and state; returns the indices of the rows kept."""
         keep = (~self.stopped).nonzero().flatten()
-        on_device = keep.to(_device(self.gen.model))
-        for layer in self.cache.layers:
-            layer.keys, layer.values = layer.keys[on_device], layer.values[on_device]
-        self.mask, self.positions, self.logits = self.mask[keep], self.positions[keep], self.logits[on_device]
-        self.stopped = self.stopped[keep]
+        self.select_rows(keep)
         return keep
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Make the batch rows ``rows`` of the current one (dropping or repeating rows)."""
+        on_device = rows.to(self.valid.device)
+        self.kv.select_rows(on_device)
+        self.valid, self.positions, self.logits = self.valid[on_device], self.positions[on_device], self.logits[on_device]
+        self.stopped = self.stopped[rows]
 
-def _seed_cache(cache: DynamicCache, starts, past: int, rows: int, device) -> None:
-    """Fill ``cache`` with each row's kept K/V, right-aligned to ``past`` columns."""
+
+def _seed(kv: KVBuffers, starts, past: int, device) -> None:
+    """Fill ``kv``'s first ``past`` columns with each row's kept K/V, right-aligned."""
     template = next(c for c, n in starts if c is not None and n)
     for layer, (k0, v0) in enumerate(zip(template.keys, template.values)):
-        keys = k0.new_zeros((rows, k0.shape[0], past, k0.shape[-1]))
-        values = v0.new_zeros((rows, v0.shape[0], past, v0.shape[-1]))
+        kv.allocate(layer, k0[None].to(device))
         for i, (kept, n) in enumerate(starts):
             if kept is not None and n:
-                keys[i, :, past - n:] = kept.keys[layer][:, :n]
-                values[i, :, past - n:] = kept.values[layer][:, :n]
-        cache.update(keys.to(device), values.to(device), layer)
+                kv.keys[layer][i, :, past - n: past] = kept.keys[layer][:, :n]
+                kv.values[layer][i, :, past - n: past] = kept.values[layer][:, :n]
+    kv.length = past
 
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
-
-
-def _cache_argument(model) -> str:
-    """The forward keyword for the KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
-    inner = model
-    while True:
-        if hasattr(inner, "get_base_model"):
-            inner = inner.get_base_model()
-        elif hasattr(inner, "module") and isinstance(inner.module, torch.nn.Module):
-            inner = inner.module
-        else:
-            break
-    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"

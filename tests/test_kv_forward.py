@@ -1,0 +1,142 @@
+"""The hf backend's model step over KV buffers: ``llama_step`` and ``transformers_step`` must give
+the logits of the model's own forward, for padded batches, over prefill and decode steps."""
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from zerosearch.config import LoraSection
+from zerosearch.kv_forward import (
+    KVBuffers,
+    attention_mask,
+    has_llama_layout,
+    llama_step,
+    step_function,
+    transformers_step,
+)
+from zerosearch.models import with_lora
+
+VOCAB = 97
+
+
+def qwen2(**extra):
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, intermediate_size=128, **extra)).eval()
+
+
+def llama():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, intermediate_size=128)).eval()
+
+
+def gpt2():
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128)).eval()
+
+
+ROWS = [[5, 9, 13, 2, 40, 41], [7, 8], [60, 61, 62, 63]]  # different lengths: left padding in the batch
+
+
+def reference_logits(model, tokens: list[int]) -> torch.Tensor:
+    """Last-position logits of the model's own forward on one unpadded row."""
+    return model(input_ids=torch.tensor([tokens])).logits[0, -1]
+
+
+@torch.no_grad()
+def run_steps(step, rows, decode: list[list[int]]):
+    """Prefill ``rows`` left-padded, then one decode step per entry of ``decode`` (a token per row);
+    returns the logits after each step."""
+    width = max(len(r) for r in rows)
+    kv = KVBuffers(len(rows), width + len(decode))
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    positions = torch.zeros_like(ids)
+    valid = torch.zeros((len(rows), kv.capacity), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        positions[i, width - len(r):] = torch.arange(len(r))
+        valid[i, width - len(r): width] = True
+    out = [step(ids, positions, valid, kv)]
+    next_pos = torch.tensor([len(r) for r in rows])
+    for tokens in decode:
+        valid[:, kv.length] = True
+        out.append(step(torch.tensor(tokens)[:, None], next_pos[:, None], valid, kv))
+        next_pos = next_pos + 1
+    return out, kv
+
+
+@pytest.mark.parametrize("make", [qwen2, llama], ids=["qwen2", "llama"])
+def test_llama_step_gives_the_models_logits_over_prefill_and_decode(make):
+    model = make()
+    assert has_llama_layout(model)
+    decode = [[11, 12, 13], [20, 21, 22]]
+    out, kv = run_steps(llama_step(model), ROWS, decode)
+    assert kv.length == max(len(r) for r in ROWS) + 2
+    assert kv.keys[0].shape == (3, 2, kv.capacity, 16)  # (rows, kv heads, capacity, head dim)
+    with torch.no_grad():
+        for t, logits in enumerate(out):
+            for i, row in enumerate(ROWS):
+                full = row + [d[i] for d in decode[:t]]
+                torch.testing.assert_close(logits[i], reference_logits(model, full), atol=1e-4, rtol=1e-4)
+
+
+def test_transformers_step_gives_the_models_logits_for_another_architecture():
+    model = gpt2()
+    assert not has_llama_layout(model)
+    decode = [[11, 12, 13]]
+    out, _ = run_steps(transformers_step(model), ROWS, decode)
+    with torch.no_grad():
+        for t, logits in enumerate(out):
+            for i, row in enumerate(ROWS):
+                full = row + [d[i] for d in decode[:t]]
+                torch.testing.assert_close(logits[i], reference_logits(model, full), atol=1e-4, rtol=1e-4)
+
+
+def test_the_step_is_chosen_by_layout_and_lora_projections_are_used():
+    sliding = qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    assert not has_llama_layout(sliding)  # sliding-window layers: the transformers forward handles them
+    assert step_function(gpt2()).__qualname__.startswith("transformers_step")
+
+    lora = with_lora(qwen2(), LoraSection(enabled=True, r=4, alpha=8, dropout=0.0))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # fresh adapters are a no-op; make them change the logits
+    step = step_function(lora)
+    assert step.__qualname__.startswith("llama_step")
+    out, _ = run_steps(step, ROWS, [])
+    plain = qwen2()  # the same base weights without adapters
+    with torch.no_grad():
+        for i, row in enumerate(ROWS):
+            expected = lora(input_ids=torch.tensor([row])).logits[0, -1]
+            torch.testing.assert_close(out[0][i], expected, atol=1e-4, rtol=1e-4)
+            assert not torch.allclose(expected, reference_logits(plain, row), atol=1e-3)
+
+
+def test_kv_buffers_refuse_to_overflow_and_select_rows_repeats_them():
+    kv = KVBuffers(rows=2, capacity=3)
+    k = torch.arange(2 * 1 * 2 * 4, dtype=torch.float).view(2, 1, 2, 4)
+    keys, _ = kv.write(0, k, k)
+    assert keys.shape == (2, 1, 2, 4)
+    kv.length = 2
+    with pytest.raises(ValueError, match="hold 3 tokens; a step needs 4"):
+        kv.write(0, k, k)
+    kv.select_rows(torch.tensor([1, 1, 0]))
+    assert kv.rows == 3 and torch.equal(kv.keys[0][0, :, :2], k[1]) and torch.equal(kv.keys[0][2, :, :2], k[0])
+
+
+def test_attention_mask_is_causal_over_real_columns_and_always_sees_itself():
+    valid = torch.tensor([[False, True, False, False, False], [True, True, True, True, True]])
+    mask = attention_mask(valid, length=2, q=2)
+    assert mask.shape == (2, 1, 2, 4)
+    # row 0: column 1 is real; the new columns 2, 3 are padding, each seeing itself only besides column 1
+    assert mask[0, 0].tolist() == [[False, True, True, False], [False, True, False, True]]
+    assert mask[1, 0].tolist() == [[True, True, True, False], [True, True, True, True]]
