@@ -52,3 +52,28 @@ def test_config_show_applies_overrides():
     result = CliRunner().invoke(app, ["config", "show", "--params", str(REPO / "params.yaml"),
                                       "--set", "train.algorithm=ppo"])
     assert result.exit_code == 0 and yaml.safe_load(result.output)["train"]["algorithm"] == "ppo"
+
+
+def test_serve_binds_the_host_given(tmp_path, monkeypatch):
+    import contextlib
+
+    from zerosearch import serving
+
+    params, _ = micro_params_file(tmp_path)
+    specs = []
+
+    @contextlib.contextmanager
+    def fake_serve(spec, startup_timeout):
+        specs.append(spec)
+        yield f"http://{spec.host}:6001/v1"
+
+    def stop(_seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serving, "serve_simulator", fake_serve)
+    monkeypatch.setattr("zerosearch.cli.time.sleep", stop)
+    result = CliRunner().invoke(app, ["serve", "--params", str(params), "--host", "0.0.0.0"])
+    assert result.exit_code == 0, result.output
+    assert [s.host for s in specs] == ["0.0.0.0"] and "http://0.0.0.0:6001/v1" in result.output
+    CliRunner().invoke(app, ["serve", "--params", str(params)])
+    assert specs[-1].host == "127.0.0.1"

@@ -163,13 +163,18 @@ def serve(
     params: ParamsOpt = Path("params.yaml"),
     set: SetOpt = None,
     check: Annotated[bool, typer.Option("--check", help="Start, answer one sample query, stop.")] = False,
+    host: Annotated[str, typer.Option(help="Address the server binds. 0.0.0.0 makes it reachable from other nodes "
+                                           "(set simulator.backend=url and simulator.url=http://THIS_NODE:PORT/v1 "
+                                           "there); the default keeps it on this machine.")] = "127.0.0.1",
 ) -> None:
     """Serve the simulator (transformers serve on CPU, sglang/vLLM on GPUs, per params) until Ctrl-C."""
     cfg = _config(params, set)
+    import dataclasses
+
     from zerosearch.search.factory import make_engine, server_spec
     from zerosearch.serving import ServerStartError, serve_simulator
 
-    spec = server_spec(cfg)
+    spec = dataclasses.replace(server_spec(cfg), host=host)
     try:
         with serve_simulator(spec, startup_timeout=cfg.simulator.startup_timeout) as url:
             console.print(f"simulator [bold]{spec.model}[/bold] ({spec.backend}) at [bold]{url}[/bold]")
