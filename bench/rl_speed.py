@@ -5,8 +5,10 @@
     one batched ``model.generate`` on the same prompts with the same sampling, forced (min = max
     new tokens, so EOS cannot stop it) to the loop's mean number of policy tokens per trajectory.
     Only policy-sampled tokens count (the rollout's ``loss_mask``). One warm-up, median of repeats.
-(a') The same loop with ``HFGenerator`` (KV cache kept between turns, stopped rows cut out) vs
-    with one ``model.generate`` per turn (``GenerateEachTurn``, the previous generator).
+(a') The same loop with ``HFGenerator`` (KV cache kept between turns, stopped rows cut out,
+    equal rows prefilled once, the ``kv_forward`` step) vs with one ``model.generate`` per turn
+    (``GenerateEachTurn``, the first generator); and with ``HFGenerator`` on the transformers
+    forward step (``kv_forward.transformers_step``, what models without the Llama layout get).
 (b) Seconds per GRPO step, single turn (``train.max_turns=1``): our ``RLTrainer`` vs TRL's
     ``GRPOTrainer`` with the same model, prompts (``policy_prompt(question)``), prompts per step,
     group size, max completion length, temperature 1.0, F1 reward, one optimizer step per
@@ -40,6 +42,7 @@ from rich.table import Table
 from zerosearch.config import load_config
 from zerosearch.data.schema import read_qa_parquet
 from zerosearch.generation import HFGenerator
+from zerosearch.kv_forward import transformers_step
 from zerosearch.models import left_pad, load_model
 from zerosearch.prompts import policy_prompt
 from zerosearch.rewards import get_reward
@@ -50,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class GenerateEachTurn:
-    """The loop's previous generator, kept here as the in-process reference for (a'): one
+    """The loop's first generator, kept here as the in-process reference for (a'): one
     ``model.generate`` per turn, the whole context prefilled again each turn, every row decoded
     until the longest one of the turn stops."""
 
@@ -77,6 +80,8 @@ def bench_rollout(cfg, engine, rows, prompts: int, group: int, max_new: int, rep
     model.eval()
     gen = HFGenerator(model, tok, temperature=1.0)
     per_turn = GenerateEachTurn(model, tok, gen.stop_ids, gen.pad_id)
+    hf_step = HFGenerator(model, tok, temperature=1.0)
+    hf_step.step = transformers_step(model)
     qs = [r for r in rows[:prompts] for _ in range(group)]
     ids, mask = left_pad([tok(policy_prompt(r["question"]), add_special_tokens=False)["input_ids"] for r in qs],
                          gen.pad_id)
@@ -103,8 +108,9 @@ def bench_rollout(cfg, engine, rows, prompts: int, group: int, max_new: int, rep
     torch.manual_seed(0)
     warm_tokens = loop(gen)[0]
     loop(per_turn)
+    loop(hf_step)
     plain(max(1, round(warm_tokens / len(qs))))
-    loop_tps, turn_tps, plain_tps, per_traj, info = [], [], [], [], []
+    loop_tps, turn_tps, hf_step_tps, plain_tps, per_traj, info = [], [], [], [], [], []
     for r in range(repeats):
         torch.manual_seed(r + 1)
         n, secs, extra = loop(gen)
@@ -115,12 +121,15 @@ def bench_rollout(cfg, engine, rows, prompts: int, group: int, max_new: int, rep
         m, secs, _ = loop(per_turn)
         turn_tps.append(m / secs)
         torch.manual_seed(r + 1)
+        m, secs, _ = loop(hf_step)
+        hf_step_tps.append(m / secs)
+        torch.manual_seed(r + 1)
         m, secs = plain(max(1, round(n / len(qs))))
         plain_tps.append(m / secs)
     loop_med, plain_med = statistics.median(loop_tps), statistics.median(plain_tps)
     turn_med = statistics.median(turn_tps)
     return {"loop": loop_med, "plain": plain_med, "overhead": plain_med / loop_med - 1, "batch": len(qs),
-            "per_turn": turn_med, "speedup": loop_med / turn_med,
+            "per_turn": turn_med, "speedup": loop_med / turn_med, "hf_step": statistics.median(hf_step_tps),
             "tokens": statistics.mean(per_traj), "searches": statistics.mean(i["searches"] for i in info),
             "longest": statistics.mean(i["longest"] for i in info), "env": statistics.mean(i["env"] for i in info),
             "repeats": repeats}
@@ -263,6 +272,9 @@ def main() -> None:
                   f"{a['per_turn']:.0f} tok/s (generate per turn)", f"speedup {a['speedup']:.2f}x", "-",
                   f"same loop; per trajectory: longest {a['longest']:.0f} policy tok, {a['env']:.0f} document/"
                   f"corrective tok encoded (plain generate has neither)")
+    table.add_row("(a'') loop: HFGenerator, lean vs transformers step", f"{a['loop']:.0f} tok/s",
+                  f"{a['hf_step']:.0f} tok/s (transformers forward)", f"speedup {a['loop'] / a['hf_step']:.2f}x", "-",
+                  "same loop and generator; the model step: llama_step vs transformers_step (both on KV buffers)")
     setup = (f"{prompts} prompts x {group}, max completion {max_new}, fwd batch {fwd}, KL beta 0.0 (no ref), "
              f"mean of {args.steps} steps; completion tok ours {ours['tokens']:.1f}")
     if trl is None:
