@@ -73,6 +73,15 @@ def run_steps(step, rows, decode: list[list[int]]):
     return out, kv
 
 
+@torch.no_grad()
+def assert_model_logits(model, out, decode):
+    """``out[t][i]`` is the model's own last-position logits for row i after t decode steps."""
+    for t, logits in enumerate(out):
+        for i, row in enumerate(ROWS):
+            full = row + [d[i] for d in decode[:t]]
+            torch.testing.assert_close(logits[i], reference_logits(model, full), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("make", [qwen2, llama], ids=["qwen2", "llama"])
 def test_llama_step_gives_the_models_logits_over_prefill_and_decode(make):
     model = make()
@@ -81,11 +90,7 @@ def test_llama_step_gives_the_models_logits_over_prefill_and_decode(make):
     out, kv = run_steps(llama_step(model), ROWS, decode)
     assert kv.length == max(len(r) for r in ROWS) + 2
     assert kv.keys[0].shape == (3, 2, kv.capacity, 16)  # (rows, kv heads, capacity, head dim)
-    with torch.no_grad():
-        for t, logits in enumerate(out):
-            for i, row in enumerate(ROWS):
-                full = row + [d[i] for d in decode[:t]]
-                torch.testing.assert_close(logits[i], reference_logits(model, full), atol=1e-4, rtol=1e-4)
+    assert_model_logits(model, out, decode)
 
 
 def test_transformers_step_gives_the_models_logits_for_another_architecture():
@@ -93,11 +98,7 @@ def test_transformers_step_gives_the_models_logits_for_another_architecture():
     assert not has_llama_layout(model)
     decode = [[11, 12, 13]]
     out, _ = run_steps(transformers_step(model), ROWS, decode)
-    with torch.no_grad():
-        for t, logits in enumerate(out):
-            for i, row in enumerate(ROWS):
-                full = row + [d[i] for d in decode[:t]]
-                torch.testing.assert_close(logits[i], reference_logits(model, full), atol=1e-4, rtol=1e-4)
+    assert_model_logits(model, out, decode)
 
 
 def test_the_step_is_chosen_by_layout_and_lora_projections_are_used():
