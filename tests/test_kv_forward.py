@@ -141,3 +141,13 @@ def test_attention_mask_is_causal_over_real_columns_and_always_sees_itself():
     # row 0: column 1 is real; the new columns 2, 3 are padding, each seeing itself only besides column 1
     assert mask[0, 0].tolist() == [[False, True, True, False], [False, True, False, True]]
     assert mask[1, 0].tolist() == [[True, True, True, False], [True, True, True, True]]
+
+
+def test_llama_step_in_bfloat16_keeps_the_dtype_and_stays_close():
+    model = qwen2().to(torch.bfloat16)
+    out, kv = run_steps(llama_step(model), ROWS, [[11, 12, 13]])
+    assert kv.keys[0].dtype == torch.bfloat16 and out[1].dtype == torch.bfloat16
+    with torch.no_grad():
+        for i, row in enumerate(ROWS):
+            expected = reference_logits(model, row + [[11, 12, 13][i]])
+            torch.testing.assert_close(out[1][i].float(), expected.float(), atol=0.1, rtol=0.05)
