@@ -201,3 +201,23 @@ def test_every_preset_has_an_orchestration_section():
             continue
         raw = yaml.safe_load(path.read_text())
         assert set(raw["orchestration"]) == {"deployment", "cron", "timezone", "preset", "experiment_prefix"}, path
+
+
+def test_systemd_units_run_existing_make_targets_against_one_server():
+    import configparser
+    import re
+
+    makefile = (REPO / "Makefile").read_text()
+    units = {}
+    for name in ("zerosearch-prefect", "zerosearch-deploy"):
+        unit = configparser.ConfigParser(interpolation=None)
+        unit.optionxform = str
+        unit.read(REPO / "configs/systemd" / f"{name}.service")
+        units[name] = unit
+        target = unit["Service"]["ExecStart"].split()[-1]
+        assert re.search(rf"^{target}:", makefile, re.M), f"{name}: no make target {target!r}"
+        assert unit["Install"]["WantedBy"] == "default.target"
+    deploy = units["zerosearch-deploy"]
+    assert deploy["Unit"]["After"] == "zerosearch-prefect.service"
+    port = re.search(r"prefect server start .*--port (\d+)", makefile).group(1)
+    assert deploy["Service"]["Environment"] == f"PREFECT_API_URL=http://127.0.0.1:{port}/api"
