@@ -151,3 +151,10 @@ def test_llama_step_in_bfloat16_keeps_the_dtype_and_stays_close():
         for i, row in enumerate(ROWS):
             expected = reference_logits(model, row + [[11, 12, 13][i]])
             torch.testing.assert_close(out[1][i].float(), expected.float(), atol=0.1, rtol=0.05)
+
+
+def test_zero3_sharded_models_take_the_transformers_forward():
+    model = qwen2()
+    assert step_function(model).__qualname__.startswith("llama_step")
+    model.model.norm.weight.ds_id = 7  # what DeepSpeed ZeRO-3 sets on the parameters it partitions
+    assert step_function(model).__qualname__.startswith("transformers_step")

@@ -150,8 +150,10 @@ class _Batch:
         device = _device(gen.model)
         group_of: dict[tuple, int] = {}
         expand = [group_of.setdefault((tuple(c), n), len(group_of)) for c, (_, n) in zip(contexts, starts)]
-        unique = {g: i for i, g in reversed(list(enumerate(expand)))}  # group -> its first row
-        reps = [unique[g] for g in range(len(group_of))]
+        first_row: dict[int, int] = {}
+        for i, g in enumerate(expand):
+            first_row.setdefault(g, i)
+        reps = list(first_row.values())  # one row per group, in group order
         contexts, starts = [contexts[i] for i in reps], [starts[i] for i in reps]
         rows, past = len(reps), max(n for _, n in starts)
         fresh = [c[n:] for c, (_, n) in zip(contexts, starts)]

@@ -79,9 +79,18 @@ class KVBuffers:
 
 
 def step_function(model) -> Step:
-    """``llama_step`` when the model has the Llama layout, else ``transformers_step``."""
+    """``llama_step`` when the model has the Llama layout, else ``transformers_step``. Parameters
+    sharded by DeepSpeed ZeRO-3 are gathered only inside module calls, and ``llama_step`` reads
+    the norms' weights directly: such models take ``transformers_step``."""
     causal_lm = unwrap(model)
-    return llama_step(causal_lm) if has_llama_layout(causal_lm) else transformers_step(model)
+    if has_llama_layout(causal_lm) and not zero3_sharded(causal_lm):
+        return llama_step(causal_lm)
+    return transformers_step(model)
+
+
+def zero3_sharded(model) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitioned the model's parameters (they carry ``ds_id``)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
 def unwrap(model):
