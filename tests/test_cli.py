@@ -77,3 +77,18 @@ def test_serve_binds_the_host_given(tmp_path, monkeypatch):
     assert [s.host for s in specs] == ["0.0.0.0"] and "http://0.0.0.0:6001/v1" in result.output
     CliRunner().invoke(app, ["serve", "--params", str(params)])
     assert specs[-1].host == "127.0.0.1"
+
+
+def test_the_cli_turns_prefect_server_telemetry_off_unless_set(monkeypatch):
+    import importlib
+
+    import zerosearch.cli
+
+    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
+    importlib.reload(zerosearch.cli)
+    import os
+
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")
+    importlib.reload(zerosearch.cli)
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"

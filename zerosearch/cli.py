@@ -8,6 +8,7 @@ Every stage command takes ``--params FILE`` (a preset is a params file) and repe
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -21,6 +22,10 @@ from rich.console import Console
 from rich.table import Table
 
 from zerosearch.config import Config, ConfigError, load_config
+
+# Prefect's temporary local server (flows run without PREFECT_API_URL) would try to send
+# telemetry and log an ERROR when offline; the Makefile sets the same default.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(
     help="ZeroSearch: train a search agent against a simulated search engine.\n\n"
