@@ -119,7 +119,7 @@ def test_dvc_yaml_declares_stages_with_existing_params():
     commands = {"data": "data", "base": "base", "simulator_sft": "sft", "train": "train", "evaluate": "eval"}
     assert list(dvc["stages"]) == list(commands)
     for name, stage in dvc["stages"].items():
-        assert stage["cmd"] == f"zerosearch {commands[name]}"
+        assert stage["cmd"] == f"python -m zerosearch.cli {commands[name]}"  # the run dir's code
         for key in stage["params"]:
             node = params
             for part in key.split("."):
