@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, micro_overrides
-from zerosearch.serving import free_port, health_ok, stop_process_group
+from zerosearch.serving import free_port, start_process, stop_process_group, wait_healthy
 from zerosearch.tracking import mlflow_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -41,22 +41,15 @@ def prefect_server(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}  # the UI's scripts call the API here
     env.pop("PREFECT_API_URL", None)
-    log = open(tmp_path / "prefect-server.log", "wb")
-    proc = subprocess.Popen([str(REPO / ".venv/bin/prefect") if (REPO / ".venv/bin/prefect").exists() else "prefect",
-                             "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    log = tmp_path / "prefect-server.log"
+    proc = start_process([str(REPO / ".venv/bin/prefect") if (REPO / ".venv/bin/prefect").exists() else "prefect",
+                          "server", "start", "--host", "127.0.0.1", "--port", str(port)], log, env)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if health_ok(f"{url}/api"):  # GET <url>/api/health
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "prefect-server.log").read_text()
-            time.sleep(1)
+    try:  # GET <url>/api/health
+        assert wait_healthy(proc, f"{url}/api", time.monotonic() + 120, poll_interval=1.0) == "healthy", log.read_text()
         yield url
     finally:
         stop_process_group(proc, 10.0)
-        log.close()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make browser-deps)")

@@ -243,14 +243,14 @@ def stop_process_group(proc: subprocess.Popen, grace: float) -> None:
             break
         time.sleep(0.05)
     else:
-        logger.warning("simulator server (pgid %d) still running %.0fs after SIGTERM; sending SIGKILL",
+        logger.warning("server process group %d still running %.0fs after SIGTERM; sending SIGKILL",
                        pgid, grace)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
     try:
         proc.wait(timeout=max(grace, 5.0))
     except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable
-        logger.error("simulator server pid %d did not exit after SIGKILL", proc.pid)
+        logger.error("server pid %d did not exit after SIGKILL", proc.pid)
     end = time.monotonic() + 5.0  # SIGKILLed group members vanish within moments
     while _group_alive(pgid) and time.monotonic() < end:
         time.sleep(0.05)
@@ -265,6 +265,33 @@ def _wait_url(base_url: str, startup_timeout: float, poll_interval: float) -> No
             raise ServerStartError(
                 f"simulator server at {base_url} did not answer 200 on /health or /models "
                 f"within {startup_timeout:g}s (backend 'url': nothing was started; is it running?)")
+        time.sleep(min(poll_interval, max(0.0, deadline - time.monotonic())))
+
+
+def start_process(cmd: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start ``cmd`` as the leader of its own session (``stop_process_group`` stops all it
+    spawned), its stdout and stderr appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        try:
+            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                    start_new_session=True)
+        except OSError as err:
+            raise ServerStartError(f"could not run {shlex.join(cmd)}: {err}") from err
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, deadline: float, poll_interval: float
+                 ) -> Literal["healthy", "exited", "timeout"]:
+    """Poll ``health_ok(url)`` until the server of ``proc`` answers while ``proc`` still runs
+    ("healthy"), ``proc`` exits ("exited") or ``time.monotonic()`` passes ``deadline`` ("timeout")."""
+    while True:
+        if proc.poll() is not None:
+            return "exited"
+        if health_ok(url, timeout=max(0.1, min(2.0, deadline - time.monotonic()))):
+            if proc.poll() is None:  # healthy, and it is ours answering
+                return "healthy"
+            continue  # it died meanwhile: report that on the next round
+        if time.monotonic() >= deadline:
+            return "timeout"
         time.sleep(min(poll_interval, max(0.0, deadline - time.monotonic())))
 
 
@@ -312,37 +339,24 @@ def serve_simulator(spec: ServerSpec, *, startup_timeout: float = 300.0,
         offset = log_path.stat().st_size if log_path.exists() else 0
         logger.info("starting simulator server (%s): %s; log: %s", spec.backend, shlex.join(cmd), log_path)
         started = time.monotonic()
-        with open(log_path, "ab") as log:
-            try:
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-            except OSError as err:
-                raise ServerStartError(f"could not run {shlex.join(cmd)}: {err}") from err
+        proc = start_process(cmd, log_path, env)
         try:
-            while True:
-                if proc.poll() is not None:
-                    tail = _log_tail(log_path, offset)
-                    if (spec.port == 0 and attempt + 1 < _PORT_RETRIES
-                            and "address already in use" in tail.lower()):
-                        logger.warning("port %d was taken before the server bound it; retrying", port)
-                        break
-                    raise ServerStartError(
-                        f"simulator server exited with code {proc.returncode} after "
-                        f"{time.monotonic() - started:.1f}s, before answering health checks at "
-                        f"{url}.\nCommand: {shlex.join(cmd)}\nLast lines of {log_path}:\n{tail}")
-                if health_ok(url, timeout=max(0.1, min(2.0, deadline - time.monotonic()))):
-                    if proc.poll() is None:  # healthy, and it is ours answering
-                        break
-                    continue  # it died meanwhile: report that on the next round
-                if time.monotonic() >= deadline:
-                    stop_process_group(proc, stop_timeout)
-                    raise ServerStartError(
-                        f"simulator server did not answer health checks at {url} within "
-                        f"{startup_timeout:g}s; killed it.\nCommand: {shlex.join(cmd)}\n"
-                        f"Last lines of {log_path}:\n{_log_tail(log_path, offset)}")
-                time.sleep(min(poll_interval, max(0.0, deadline - time.monotonic())))
-            if proc.returncode is not None:  # port clash: try a new port
-                continue
+            state = wait_healthy(proc, url, deadline, poll_interval)
+            if state == "exited":
+                tail = _log_tail(log_path, offset)
+                if spec.port == 0 and attempt + 1 < _PORT_RETRIES and "address already in use" in tail.lower():
+                    logger.warning("port %d was taken before the server bound it; retrying", port)
+                    continue  # port clash: try a new port
+                raise ServerStartError(
+                    f"simulator server exited with code {proc.returncode} after "
+                    f"{time.monotonic() - started:.1f}s, before answering health checks at "
+                    f"{url}.\nCommand: {shlex.join(cmd)}\nLast lines of {log_path}:\n{tail}")
+            if state == "timeout":
+                stop_process_group(proc, stop_timeout)
+                raise ServerStartError(
+                    f"simulator server did not answer health checks at {url} within "
+                    f"{startup_timeout:g}s; killed it.\nCommand: {shlex.join(cmd)}\n"
+                    f"Last lines of {log_path}:\n{_log_tail(log_path, offset)}")
             logger.info("simulator server ready at %s after %.1fs (pid %d)", url,
                         time.monotonic() - started, proc.pid)
             yield url

@@ -219,9 +219,10 @@ def mlflow_server(root: str | Path, host: str = "127.0.0.1", port: int = 0, star
     from zerosearch.serving import (
         ServerStartError,
         free_port,
-        health_ok,
         port_in_use,
+        start_process,
         stop_process_group,
+        wait_healthy,
     )
 
     port = port or free_port(host)
@@ -229,19 +230,13 @@ def mlflow_server(root: str | Path, host: str = "127.0.0.1", port: int = 0, star
         raise ServerStartError(f"port {port} on {host} is in use: is an MLflow server already running there?")
     url = f"http://{host}:{port}"
     log = Path(root) / "mlflow-server.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(mlflow_server_command(root, host, port), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = start_process(mlflow_server_command(root, host, port), log)
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if proc.poll() is not None:
-                raise ServerStartError(f"mlflow server exited with code {proc.returncode}; see {log}")
-            if health_ok(url):  # GET <url>/health
-                break
-            if time.monotonic() > deadline:
-                raise ServerStartError(f"mlflow server did not answer {url}/health within {startup_timeout:g}s; see {log}")
-            time.sleep(0.5)
+        state = wait_healthy(proc, url, time.monotonic() + startup_timeout, poll_interval=0.5)  # GET <url>/health
+        if state == "exited":
+            raise ServerStartError(f"mlflow server exited with code {proc.returncode}; see {log}")
+        if state == "timeout":
+            raise ServerStartError(f"mlflow server did not answer {url}/health within {startup_timeout:g}s; see {log}")
         yield url
     finally:
         stop_process_group(proc, 10.0)
