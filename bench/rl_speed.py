@@ -206,6 +206,21 @@ def bench_trl(cfg, rows, steps: int, workdir: Path) -> dict:
     return {"s_per_step": statistics.mean(gaps), "tokens": statistics.mean(timer.lengths[1:] or timer.lengths)}
 
 
+def add_rollout_rows(table: Table, a: dict, max_turns: int, max_new: int) -> None:
+    """The (a), (a') and (a'') rows, from ``bench_rollout``'s result."""
+    table.add_row("(a) rollout loop vs generate", f"{a['loop']:.0f} tok/s", f"{a['plain']:.0f} tok/s (generate)",
+                  f"overhead {a['overhead']:+.1%}", "<= 25%",
+                  f"{a['batch']} traj, max_turns {max_turns} x {max_new} tok, {a['tokens']:.1f} policy "
+                  f"tok/traj, {a['searches']:.2f} searches/traj, median of {a['repeats']}")
+    table.add_row("(a') loop: HFGenerator vs generate per turn", f"{a['loop']:.0f} tok/s",
+                  f"{a['per_turn']:.0f} tok/s (generate per turn)", f"speedup {a['speedup']:.2f}x", "-",
+                  f"same loop; per trajectory: longest {a['longest']:.0f} policy tok, {a['env']:.0f} document/"
+                  f"corrective tok encoded (plain generate has neither)")
+    table.add_row("(a'') loop: HFGenerator, lean vs transformers step", f"{a['loop']:.0f} tok/s",
+                  f"{a['hf_step']:.0f} tok/s (transformers forward)", f"speedup {a['loop'] / a['hf_step']:.2f}x", "-",
+                  "same loop and generator; the model step: llama_step vs transformers_step (both on KV buffers)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -264,17 +279,7 @@ def main() -> None:
     table = Table(title=f"RL speed, policy {cfg_b.base.policy_model}{' (micro)' if small else ''}")
     for col in ("bench", "ours", "baseline", "ratio", "target", "setup"):
         table.add_column(col)
-    table.add_row("(a) rollout loop vs generate", f"{a['loop']:.0f} tok/s", f"{a['plain']:.0f} tok/s (generate)",
-                  f"overhead {a['overhead']:+.1%}", "<= 25%",
-                  f"{a['batch']} traj, max_turns {cfg_a.train.max_turns} x {max_new} tok, {a['tokens']:.1f} policy "
-                  f"tok/traj, {a['searches']:.2f} searches/traj, median of {a['repeats']}")
-    table.add_row("(a') loop: HFGenerator vs generate per turn", f"{a['loop']:.0f} tok/s",
-                  f"{a['per_turn']:.0f} tok/s (generate per turn)", f"speedup {a['speedup']:.2f}x", "-",
-                  f"same loop; per trajectory: longest {a['longest']:.0f} policy tok, {a['env']:.0f} document/"
-                  f"corrective tok encoded (plain generate has neither)")
-    table.add_row("(a'') loop: HFGenerator, lean vs transformers step", f"{a['loop']:.0f} tok/s",
-                  f"{a['hf_step']:.0f} tok/s (transformers forward)", f"speedup {a['loop'] / a['hf_step']:.2f}x", "-",
-                  "same loop and generator; the model step: llama_step vs transformers_step (both on KV buffers)")
+    add_rollout_rows(table, a, cfg_a.train.max_turns, max_new)
     setup = (f"{prompts} prompts x {group}, max completion {max_new}, fwd batch {fwd}, KL beta 0.0 (no ref), "
              f"mean of {args.steps} steps; completion tok ours {ours['tokens']:.1f}")
     if trl is None:
