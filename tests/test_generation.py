@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from zerosearch.generation import HFGenerator
+from zerosearch.generation import HFGenerator, sample_categorical
 from zerosearch.models import left_pad, train_tokenizer
 
 
@@ -55,7 +55,7 @@ def test_greedy_equals_model_generate_over_two_turns_with_kept_caches(tok, model
     assert sorted(gen._kept) == list(range(8))
     for i, kept in gen._kept.items():  # the cache covers exactly the tokens run through the model
         assert kept.tokens == contexts[i] + first[i][:-1]
-        assert all(k.shape[1] == len(kept.tokens) for k in kept.keys)
+        assert all(kv.shape[2] == len(kept.tokens) for kv in kept.kv)
 
     obs = tok(" Velora is a city in Zandoria.", add_special_tokens=False)["input_ids"]
     second_ctx = [c + f + obs[: 2 + i] for i, (c, f) in enumerate(zip(contexts, first))]  # different lengths
@@ -120,3 +120,19 @@ def test_rows_with_the_same_context_are_prefilled_once(tok, model):
     out = gen.generate(contexts, 10, keys=list(range(12)))
     assert prefill_rows == [4]
     assert out == reference(model, gen, contexts, 10)
+
+
+def test_sample_categorical_draws_each_index_at_its_probability_and_never_a_zero_one():
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 2.0]])  # row 2: unnormalized, last index
+    torch.manual_seed(0)
+    draws = torch.stack([sample_categorical(probs) for _ in range(20000)])
+    assert draws.shape == (20000, 2)
+    freq = torch.bincount(draws[:, 0], minlength=5).float() / len(draws)
+    torch.testing.assert_close(freq, probs[0], atol=0.015, rtol=0)
+    assert freq[1] == 0 and freq[4] == 0
+    assert (draws[:, 1] == 4).all()
+
+
+def test_sample_categorical_names_non_finite_probabilities():
+    with pytest.raises(ValueError, match="not finite or sums to 0"):
+        sample_categorical(torch.tensor([[0.5, float("nan")]]))

@@ -89,7 +89,7 @@ def test_llama_step_gives_the_models_logits_over_prefill_and_decode(make):
     decode = [[11, 12, 13], [20, 21, 22]]
     out, kv = run_steps(llama_step(model), ROWS, decode)
     assert kv.length == max(len(r) for r in ROWS) + 2
-    assert kv.keys[0].shape == (3, 2, kv.capacity, 16)  # (rows, kv heads, capacity, head dim)
+    assert kv.layers[0].shape == (2, 3, 2, kv.capacity, 16)  # (K/V, rows, kv heads, capacity, head dim)
     assert_model_logits(model, out, decode)
 
 
@@ -131,7 +131,7 @@ def test_kv_buffers_refuse_to_overflow_and_select_rows_repeats_them():
     with pytest.raises(ValueError, match="hold 3 tokens; a step needs 4"):
         kv.write(0, k, k)
     kv.select_rows(torch.tensor([1, 1, 0]))
-    assert kv.rows == 3 and torch.equal(kv.keys[0][0, :, :2], k[1]) and torch.equal(kv.keys[0][2, :, :2], k[0])
+    assert kv.rows == 3 and torch.equal(kv.layers[0][0, 0, :, :2], k[1]) and torch.equal(kv.layers[0][1, 2, :, :2], k[0])
 
 
 def test_attention_mask_is_causal_over_real_columns_and_always_sees_itself():
@@ -146,7 +146,7 @@ def test_attention_mask_is_causal_over_real_columns_and_always_sees_itself():
 def test_llama_step_in_bfloat16_keeps_the_dtype_and_stays_close():
     model = qwen2().to(torch.bfloat16)
     out, kv = run_steps(llama_step(model), ROWS, [[11, 12, 13]])
-    assert kv.keys[0].dtype == torch.bfloat16 and out[1].dtype == torch.bfloat16
+    assert kv.layers[0].dtype == torch.bfloat16 and out[1].dtype == torch.bfloat16
     with torch.no_grad():
         for i, row in enumerate(ROWS):
             expected = reference_logits(model, row + [[11, 12, 13][i]])

@@ -1,7 +1,7 @@
 """One model step over preallocated K/V buffers: the forward of the ``hf`` rollout backend.
 
-``KVBuffers`` holds each layer's keys and values in tensors allocated once per decode batch,
-(rows, kv_heads, capacity, head_dim). A step writes its tokens' K/V in place at columns
+``KVBuffers`` holds each layer's keys and values in one tensor allocated once per decode batch,
+(2, rows, kv_heads, capacity, head_dim). A step writes its tokens' K/V in place at columns
 ``[length, length + q)``, where transformers' ``DynamicCache`` concatenates and so copies the
 whole cache at every token.
 
@@ -24,7 +24,6 @@ its own column as well, so a padding query never sees an all-masked row (whose S
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,42 +39,57 @@ Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "KVBuffers"], torch.T
 
 @dataclass
 class KVBuffers:
-    """Per-layer K/V of a batch, (rows, kv_heads, capacity, head_dim); columns < ``length`` are
-    filled. A layer's buffers are allocated at its first write, from the shape written."""
+    """Per-layer K/V of a batch in one tensor, (2, rows, kv_heads, capacity, head_dim): keys at 0,
+    values at 1; columns < ``length`` are filled. A layer's buffer is allocated at its first write,
+    from the shape written (zeros: an unwritten column is masked, and must not be NaN)."""
 
     rows: int
     capacity: int
     length: int = 0
-    keys: list[torch.Tensor] = field(default_factory=list)
-    values: list[torch.Tensor] = field(default_factory=list)
+    layers: list[torch.Tensor] = field(default_factory=list)
 
     def allocate(self, layer: int, like: torch.Tensor) -> None:
-        """Buffers for ``layer`` shaped after ``like`` (rows, heads, n, dim); layers in order."""
-        assert layer == len(self.keys), "layers are allocated in order"
-        shape = (self.rows, like.shape[1], self.capacity, like.shape[-1])
-        self.keys.append(like.new_zeros(shape))
-        self.values.append(like.new_zeros(shape))
+        """The buffer for ``layer`` shaped after ``like`` (rows, heads, n, dim); layers in order."""
+        assert layer == len(self.layers), "layers are allocated in order"
+        self.layers.append(like.new_zeros((2, self.rows, like.shape[1], self.capacity, like.shape[-1])))
 
     def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store K/V (rows, heads, q, dim) at ``[length, length + q)``; the layer's K/V up to there."""
         end = self.length + keys.shape[-2]
         if end > self.capacity:
             raise ValueError(f"KV buffers hold {self.capacity} tokens; a step needs {end}")
-        if layer == len(self.keys):
+        if layer == len(self.layers):
             self.allocate(layer, keys)
-        self.keys[layer][:, :, self.length:end] = keys
-        self.values[layer][:, :, self.length:end] = values
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        buffer = self.layers[layer]
+        buffer[0, :, :, self.length:end] = keys
+        buffer[1, :, :, self.length:end] = values
+        return buffer[0, :, :, :end], buffer[1, :, :, :end]
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only batch rows ``rows`` (an index tensor on the buffers' device)."""
-        self.keys = [k[rows] for k in self.keys]
-        self.values = [v[rows] for v in self.values]
+        self.layers = [buffer[:, rows] for buffer in self.layers]
         self.rows = len(rows)
 
-    def row(self, b: int, columns: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Row ``b``'s K/V on ``columns``, per layer (heads, n, dim)."""
-        return [k[b][:, columns] for k in self.keys], [v[b][:, columns] for v in self.values]
+    def drop_rows(self, dropped: torch.Tensor) -> torch.Tensor:
+        """Drop the rows flagged in ``dropped`` (bool, rows): the rows kept that sit past the new row
+        count move into the dropped rows' places, then the buffers are narrowed (a view), so only
+        the moved rows are copied. Returns the old index of each row kept, in its new order."""
+        kept = (~dropped).nonzero().flatten()
+        n = len(kept)
+        holes, movers = dropped[:n].nonzero().flatten(), kept[kept >= n]
+        order = torch.arange(n)
+        order[holes] = movers
+        if len(holes):
+            holes, movers = holes.to(self.layers[0].device), movers.to(self.layers[0].device)
+            for buffer in self.layers:
+                buffer[:, holes] = buffer[:, movers]
+        self.layers = [buffer[:, :n] for buffer in self.layers]
+        self.rows = n
+        return order
+
+    def row(self, b: int, columns: torch.Tensor) -> list[torch.Tensor]:
+        """Row ``b``'s K/V on ``columns``, per layer (2, heads, n, dim)."""
+        return [buffer[:, b][:, :, columns] for buffer in self.layers]
 
 
 def step_function(model) -> Step:
@@ -123,38 +137,147 @@ def attention_mask(valid: torch.Tensor, length: int, q: int) -> torch.Tensor:
 
 
 def llama_step(causal_lm) -> Step:
-    """The decoder of a Llama-layout model, layer by layer over its modules, on ``KVBuffers``.
-    Norms run as one ``F.rms_norm`` on the module's weight and epsilon (the module takes eight ops)."""
+    """The decoder of a Llama-layout model on ``KVBuffers``, over packed weights (``pack_llama``):
+    per layer one matmul for q, k, v and the rotated halves of q and k, one SDPA call with each
+    K/V head's query heads as its query rows (no K/V repeat), one matmul for gate and up, and the
+    residual adds inside the o/down matmuls. The weights are packed again whenever a parameter
+    changed (an optimizer step, a new device) since the last pack."""
     decoder, lm_head = causal_lm.model, causal_lm.lm_head
-    apply_rotary = importlib.import_module(type(causal_lm).__module__).apply_rotary_pos_emb
+    config, attn = causal_lm.config, decoder.layers[0].self_attn
+    heads, kv_heads, dim, scale = config.num_attention_heads, config.num_key_value_heads, attn.head_dim, attn.scaling
+    group, qk_heads = heads // kv_heads, heads + kv_heads
+    params = list(causal_lm.parameters())
+    packed: dict = {}
+
+    def current() -> tuple[list[_PackedLayer], _RotaryTable]:
+        state = [(p.data_ptr(), p._version) for p in params]
+        if packed.get("state") != state:
+            packed.update(state=state, layers=pack_llama(causal_lm), rotary=_RotaryTable(decoder.rotary_emb))
+        return packed["layers"], packed["rotary"]
 
     def step(ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, kv: KVBuffers) -> torch.Tensor:
+        layers, rotary = current()
         rows, q = ids.shape
-        mask = attention_mask(valid, kv.length, q)
-        x = decoder.embed_tokens(ids)
-        cos, sin = decoder.rotary_emb(x, positions)
-        for i, layer in enumerate(decoder.layers):
-            attn = layer.self_attn
-            h = _rms_norm(layer.input_layernorm, x)
-            heads = (rows, q, -1, attn.head_dim)
-            query = attn.q_proj(h).view(heads).transpose(1, 2)
-            key = attn.k_proj(h).view(heads).transpose(1, 2)
-            value = attn.v_proj(h).view(heads).transpose(1, 2)
-            query, key = apply_rotary(query, key, cos, sin)
-            keys, values = kv.write(i, key, value)
-            out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=attn.scaling,
-                                                 enable_gqa=True)
-            x = x + attn.o_proj(out.transpose(1, 2).reshape(rows, q, -1))
-            x = x + layer.mlp(_rms_norm(layer.post_attention_layernorm, x))
+        fresh = valid[:, kv.length: kv.length + q]
+        real = None  # a prefill's linear layers run on its real tokens only; attention on the padded grid
+        if q > 1:
+            if not fresh[:, -1].all():
+                raise ValueError("llama_step: in a prefill every row's last column must be a real token")
+            real = fresh.reshape(-1).nonzero().flatten()
+        x = decoder.embed_tokens(ids.reshape(-1) if real is None else ids.reshape(-1)[real])
+        cos, sin = rotary(positions.reshape(-1) if real is None else positions.reshape(-1)[real], x)
+        blocked = ~attention_mask(valid, kv.length, q)
+        mask = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill_(blocked, float("-inf"))
+        if q > 1:
+            mask = mask.repeat(1, 1, group, 1)  # query rows are (head in group, position)
+        for i, layer in enumerate(layers):
+            h = F.rms_norm(x, layer.input_norm.weight.shape, layer.input_norm.weight, layer.input_norm.variance_epsilon)
+            proj = torch.addmm(layer.qkv_bias, h, layer.qkv).view(len(x), -1, dim)
+            qk = torch.addcmul(proj[:, :qk_heads] * cos, proj[:, qk_heads + kv_heads:], sin)  # rotary embedding
+            qk = _on_grid(qk, real, rows * q).view(rows, q, qk_heads, dim)
+            value = _on_grid(proj[:, qk_heads: qk_heads + kv_heads], real, rows * q).view(rows, q, kv_heads, dim)
+            keys, values = kv.write(i, qk[:, :, heads:].transpose(1, 2), value.transpose(1, 2))
+            query = qk[:, :, :heads].transpose(1, 2).reshape(rows, kv_heads, group * q, dim)
+            out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
+            out = out.view(rows, heads, q, dim).transpose(1, 2).reshape(rows * q, heads * dim)
+            x = _addmm(x, out if real is None else out[real], layer.o, layer.o_bias)
+            h = F.rms_norm(x, layer.post_norm.weight.shape, layer.post_norm.weight, layer.post_norm.variance_epsilon)
+            gate, up = torch.addmm(layer.gate_up_bias, h, layer.gate_up).chunk(2, -1)
+            x = _addmm(x, layer.act(gate) * up, layer.down, layer.down_bias)
         kv.length += q
-        return lm_head(_rms_norm(decoder.norm, x[:, -1]))
+        if real is not None:
+            x = x[fresh.sum(1).cumsum(0) - 1]  # each row's last token
+        return lm_head(F.rms_norm(x, decoder.norm.weight.shape, decoder.norm.weight, decoder.norm.variance_epsilon))
 
     return step
 
 
-def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A Llama/Qwen2 ``RMSNorm`` module's computation as one op."""
-    return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
+@dataclass
+class _PackedLayer:
+    """One decoder layer's weights laid out for ``llama_step``, (in, out) for ``addmm``."""
+
+    qkv: torch.Tensor  # projections to q, k, v, rotate_half(q), rotate_half(k)
+    qkv_bias: torch.Tensor
+    o: torch.Tensor
+    o_bias: torch.Tensor | None
+    gate_up: torch.Tensor
+    gate_up_bias: torch.Tensor
+    down: torch.Tensor
+    down_bias: torch.Tensor | None
+    input_norm: torch.nn.Module
+    post_norm: torch.nn.Module
+    act: Callable[[torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def pack_llama(causal_lm) -> list[_PackedLayer]:
+    """Each layer's projections as computed now (LoRA adapters merged), packed for ``llama_step``.
+    A copy of the layer weights, with q and k twice: rotary embedding's ``rotate_half`` is a signed
+    permutation of output rows, so it is folded into the projection."""
+    packed = []
+    for layer in causal_lm.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        dim = attn.head_dim
+        (wq, bq), (wk, bk), (wv, bv) = (linear_weights(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
+        (wo, bo), (wg, bg), (wu, bu), (wd, bd) = (linear_weights(m) for m in (attn.o_proj, mlp.gate_proj,
+                                                                              mlp.up_proj, mlp.down_proj))
+        bq, bk, bv, bg, bu = (b if b is not None else w.new_zeros(w.shape[0])
+                              for w, b in ((wq, bq), (wk, bk), (wv, bv), (wg, bg), (wu, bu)))
+        packed.append(_PackedLayer(
+            qkv=torch.cat([wq, wk, wv, _rotate_half_rows(wq, dim), _rotate_half_rows(wk, dim)]).t().contiguous(),
+            qkv_bias=torch.cat([bq, bk, bv, _rotate_half_rows(bq, dim), _rotate_half_rows(bk, dim)]),
+            o=wo.t().contiguous(), o_bias=bo, gate_up=torch.cat([wg, wu]).t().contiguous(),
+            gate_up_bias=torch.cat([bg, bu]), down=wd.t().contiguous(), down_bias=bd,
+            input_norm=layer.input_layernorm, post_norm=layer.post_attention_layernorm, act=mlp.act_fn))
+    return packed
+
+
+def linear_weights(module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The (out, in) weight and the bias that a linear module applies. An ``nn.Linear`` gives its
+    own; any other (a LoRA-wrapped one) is read off its output on the identity and on zero, in its
+    current mode (generation runs in eval mode: no dropout)."""
+    if type(module) is torch.nn.Linear:
+        return module.weight, module.bias
+    eye = torch.eye(module.in_features, dtype=module.weight.dtype, device=module.weight.device)
+    bias = module(torch.zeros_like(eye[:1]))[0]
+    return (module(eye) - bias).t(), (bias if bias.any() else None)
+
+
+def _rotate_half_rows(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """Rows of ``w`` (per head of ``dim`` rows) such that ``x @ result.T == rotate_half(x @ w.T)``."""
+    per_head = w.reshape(-1, dim, *w.shape[1:])
+    return torch.cat((-per_head[:, dim // 2:], per_head[:, : dim // 2]), 1).reshape(w.shape)
+
+
+def _on_grid(t: torch.Tensor, real: torch.Tensor | None, size: int) -> torch.Tensor:
+    """``t`` (one entry per real token) placed on the padded (rows * q) grid at ``real``, zeros
+    elsewhere; ``t`` itself when every grid position is a token (``real`` is None)."""
+    if real is None:
+        return t
+    return t.new_zeros((size, *t.shape[1:])).index_copy_(0, real, t)
+
+
+def _addmm(x: torch.Tensor, a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x + a @ w (+ bias)``: a residual add inside the matmul."""
+    out = torch.addmm(x, a, w)
+    return out if bias is None else out + bias
+
+
+class _RotaryTable:
+    """cos/sin of the model's rotary embedding per position, computed once up to the largest
+    position asked for (doubling), looked up per step."""
+
+    def __init__(self, rotary_emb: torch.nn.Module):
+        self.rotary_emb, self.cos, self.sin = rotary_emb, None, None
+
+    def __call__(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for ``positions`` (any shape), shaped (*positions.shape, 1, dim), in ``like``'s dtype."""
+        needed = int(positions.max()) + 1
+        if self.cos is None or self.cos.shape[0] < needed:
+            size = max(needed, 2 * (0 if self.cos is None else self.cos.shape[0]), 256)
+            cos, sin = self.rotary_emb(like, torch.arange(size, device=like.device)[None])
+            self.cos, self.sin = cos[0], sin[0]
+        return self.cos[positions].unsqueeze(-2), self.sin[positions].unsqueeze(-2)
 
 
 class _BufferLayer(DynamicLayer):
