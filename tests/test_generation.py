@@ -55,7 +55,7 @@ def test_greedy_equals_model_generate_over_two_turns_with_kept_caches(tok, model
     assert sorted(gen._kept) == list(range(8))
     for i, kept in gen._kept.items():  # the cache covers exactly the tokens run through the model
         assert kept.tokens == contexts[i] + first[i][:-1]
-        assert all(kv.shape[2] == len(kept.tokens) for kv in kept.kv)
+        assert all(kv.shape[1] == len(kept.tokens) for kv in kept.kv)
 
     obs = tok(" Velora is a city in Zandoria.", add_special_tokens=False)["input_ids"]
     second_ctx = [c + f + obs[: 2 + i] for i, (c, f) in enumerate(zip(contexts, first))]  # different lengths

@@ -89,7 +89,7 @@ def test_llama_step_gives_the_models_logits_over_prefill_and_decode(make):
     decode = [[11, 12, 13], [20, 21, 22]]
     out, kv = run_steps(llama_step(model), ROWS, decode)
     assert kv.length == max(len(r) for r in ROWS) + 2
-    assert kv.layers[0].shape == (2, 3, 2, kv.capacity, 16)  # (K/V, rows, kv heads, capacity, head dim)
+    assert kv.layers[0].shape == (2, 3, kv.capacity, 2, 16)  # (K/V, rows, capacity, kv heads, head dim)
     assert_model_logits(model, out, decode)
 
 
@@ -124,14 +124,42 @@ def test_the_step_is_chosen_by_layout_and_lora_projections_are_used():
 
 def test_kv_buffers_refuse_to_overflow_and_select_rows_repeats_them():
     kv = KVBuffers(rows=2, capacity=3)
-    k = torch.arange(2 * 1 * 2 * 4, dtype=torch.float).view(2, 1, 2, 4)
+    k = torch.arange(2 * 2 * 1 * 4, dtype=torch.float).view(2, 2, 1, 4)  # (rows, q, heads, dim)
     keys, _ = kv.write(0, k, k)
-    assert keys.shape == (2, 1, 2, 4)
+    assert keys.shape == (2, 1, 2, 4)  # (rows, heads, n, dim) for attention
+    assert torch.equal(keys, k.transpose(1, 2))
     kv.length = 2
     with pytest.raises(ValueError, match="hold 3 tokens; a step needs 4"):
         kv.write(0, k, k)
     kv.select_rows(torch.tensor([1, 1, 0]))
-    assert kv.rows == 3 and torch.equal(kv.layers[0][0, 0, :, :2], k[1]) and torch.equal(kv.layers[0][1, 2, :, :2], k[0])
+    assert kv.rows == 3 and torch.equal(kv.layers[0][0, 0, :2], k[1]) and torch.equal(kv.layers[0][1, 2, :2], k[0])
+
+
+def test_kv_buffers_drop_rows_moves_only_the_rows_past_the_new_count():
+    kv = KVBuffers(rows=5, capacity=2)
+    k = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 2, 1, 1).contiguous()  # row r holds r
+    kv.write(0, k, -k)
+    buffer_before = kv.layers[0]
+    order = kv.drop_rows(torch.tensor([False, True, False, True, False]))
+    assert order.tolist() == [0, 4, 2]  # row 4 moved into row 1's place; row 2 stayed
+    assert kv.rows == 3 and kv.layers[0].shape == (2, 3, 2, 1, 1)
+    assert kv.layers[0].data_ptr() == buffer_before.data_ptr()  # a narrowed view, not a copy
+    assert kv.layers[0][0, :, 0, 0, 0].tolist() == [0.0, 4.0, 2.0]
+    assert kv.layers[0][1, :, 1, 0, 0].tolist() == [-0.0, -4.0, -2.0]
+
+
+def test_kv_buffers_gather_and_scatter_are_inverse_over_row_column_pairs():
+    kv = KVBuffers(rows=2, capacity=3)
+    k = torch.randn(2, 3, 2, 4)
+    kv.write(0, k, k + 1)
+    rows, columns = torch.tensor([0, 1, 1]), torch.tensor([2, 0, 1])
+    (got,) = kv.gather(rows, columns)
+    assert got.shape == (2, 3, 2, 4)  # (K/V, pairs, heads, dim)
+    assert torch.equal(got[0, 0], k[0, 2]) and torch.equal(got[1, 2], k[1, 1] + 1)
+    other = KVBuffers(rows=2, capacity=3)
+    other.allocate(0, k)
+    other.scatter(rows, columns, [got])
+    assert torch.equal(other.layers[0][:, rows, columns], got) and other.layers[0][0, 0, 0].abs().sum() == 0
 
 
 def test_attention_mask_is_causal_over_real_columns_and_always_sees_itself():

@@ -42,7 +42,7 @@ COMPACT_FRACTION = 0.25  # cut stopped rows out of the batch once this share of 
 
 @dataclass
 class _KeptCache:
-    """K/V of one trajectory: ``tokens`` were run through the model; per layer (2, heads, n, dim)."""
+    """K/V of one trajectory: ``tokens`` were run through the model; per layer (2, n, heads, dim)."""
 
     tokens: list[int]
     kv: list[torch.Tensor]
@@ -125,11 +125,10 @@ class HFGenerator:
 
     def _keep(self, batch: _Batch, running: list[int], keys, contexts, new, only: list[int]) -> None:
         """Store the caches of batch rows ``only`` under their keys (tokens fed so far)."""
-        for b in only:
+        only = [b for b in only if keys[running[b]] is not None]
+        for b, kv in zip(only, batch.real_kv(only)):
             row = running[b]
-            if keys[row] is None:
-                continue
-            self._kept[keys[row]] = _KeptCache(contexts[row] + new[row][:-1], batch.row_cache(b))
+            self._kept[keys[row]] = _KeptCache(contexts[row] + new[row][:-1], kv)
 
 
 class _Batch:
@@ -198,9 +197,17 @@ class _Batch:
     def stopped_rows(self) -> list[int]:
         return self.stopped.nonzero().flatten().tolist()
 
-    def row_cache(self, b: int) -> list[torch.Tensor]:
-        """Row ``b``'s K/V on its real columns, per layer (2, heads, n, dim)."""
-        return self.kv.row(b, self.valid[b, : self.kv.length].nonzero().flatten())
+    def real_kv(self, rows: list[int]) -> list[list[torch.Tensor]]:
+        """Each of batch rows ``rows``' K/V on its real columns, per layer (2, n, heads, dim); one
+        gather per layer for all of them."""
+        if not rows:
+            return []
+        index = torch.tensor(rows, device=self.valid.device)
+        real = self.valid[index, : self.kv.length]
+        row_of, column = real.nonzero(as_tuple=True)
+        counts = real.sum(1).tolist()
+        per_layer = [layer.split(counts, dim=1) for layer in self.kv.gather(index[row_of], column)]
+        return [[layer[j] for layer in per_layer] for j in range(len(rows))]
 
     def drop_stopped(self) -> torch.Tensor:
         """Cut stopped rows out of the buffers and state; returns the old index of each row kept."""
@@ -235,13 +242,20 @@ def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
 
 
 def _seed(kv: KVBuffers, starts, past: int, device) -> None:
-    """Fill ``kv``'s first ``past`` columns with each row's kept K/V, right-aligned."""
+    """Fill ``kv``'s first ``past`` columns with each row's kept K/V, right-aligned: one scatter
+    per layer for all rows."""
     template = next(c for c, n in starts if c is not None and n)
     for layer, like in enumerate(template.kv):
-        kv.allocate(layer, like[0][None].to(device))
-        for i, (kept, n) in enumerate(starts):
-            if kept is not None and n:
-                kv.layers[layer][:, i, :, past - n: past] = kept.kv[layer][:, :, :n]
+        kv.allocate(layer, like.to(device))
+    rows, columns, values = [], [], [[] for _ in template.kv]
+    for i, (kept, n) in enumerate(starts):
+        if kept is not None and n:
+            rows.append(torch.full((n,), i))
+            columns.append(torch.arange(past - n, past))
+            for layer, layer_kv in enumerate(kept.kv):
+                values[layer].append(layer_kv[:, :n])
+    kv.scatter(torch.cat(rows).to(device), torch.cat(columns).to(device),
+               [torch.cat(v, dim=1).to(device) for v in values])
     kv.length = past
 
 

@@ -1,7 +1,7 @@
 """One model step over preallocated K/V buffers: the forward of the ``hf`` rollout backend.
 
 ``KVBuffers`` holds each layer's keys and values in one tensor allocated once per decode batch,
-(2, rows, kv_heads, capacity, head_dim). A step writes its tokens' K/V in place at columns
+(2, rows, capacity, kv_heads, head_dim). A step writes its tokens' K/V in place at columns
 ``[length, length + q)``, where transformers' ``DynamicCache`` concatenates and so copies the
 whole cache at every token.
 
@@ -39,9 +39,11 @@ Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "KVBuffers"], torch.T
 
 @dataclass
 class KVBuffers:
-    """Per-layer K/V of a batch in one tensor, (2, rows, kv_heads, capacity, head_dim): keys at 0,
-    values at 1; columns < ``length`` are filled. A layer's buffer is allocated at its first write,
-    from the shape written (zeros: an unwritten column is masked, and must not be NaN)."""
+    """Per-layer K/V of a batch in one tensor, (2, rows, capacity, kv_heads, head_dim): keys at 0,
+    values at 1; columns < ``length`` are filled. Token-major, so the K/V of a (row, column) is one
+    contiguous block (cheap to gather, scatter and write); attention reads it as a strided
+    (rows, heads, n, dim) view. A layer's buffer is allocated at its first write, from the shape
+    written (zeros: an unwritten column is masked, and must not be NaN)."""
 
     rows: int
     capacity: int
@@ -49,21 +51,23 @@ class KVBuffers:
     layers: list[torch.Tensor] = field(default_factory=list)
 
     def allocate(self, layer: int, like: torch.Tensor) -> None:
-        """The buffer for ``layer`` shaped after ``like`` (rows, heads, n, dim); layers in order."""
+        """The buffer for ``layer`` with the heads, dim, dtype and device of ``like`` (..., heads, dim);
+        layers in order."""
         assert layer == len(self.layers), "layers are allocated in order"
-        self.layers.append(like.new_zeros((2, self.rows, like.shape[1], self.capacity, like.shape[-1])))
+        self.layers.append(like.new_zeros((2, self.rows, self.capacity, *like.shape[-2:])))
 
     def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store K/V (rows, heads, q, dim) at ``[length, length + q)``; the layer's K/V up to there."""
-        end = self.length + keys.shape[-2]
+        """Store K/V (rows, q, heads, dim) at ``[length, length + q)``; the layer's K/V up to there,
+        (rows, heads, length + q, dim) views."""
+        end = self.length + keys.shape[1]
         if end > self.capacity:
             raise ValueError(f"KV buffers hold {self.capacity} tokens; a step needs {end}")
         if layer == len(self.layers):
             self.allocate(layer, keys)
         buffer = self.layers[layer]
-        buffer[0, :, :, self.length:end] = keys
-        buffer[1, :, :, self.length:end] = values
-        return buffer[0, :, :, :end], buffer[1, :, :, :end]
+        buffer[0, :, self.length:end] = keys
+        buffer[1, :, self.length:end] = values
+        return buffer[0, :, :end].transpose(1, 2), buffer[1, :, :end].transpose(1, 2)
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only batch rows ``rows`` (an index tensor on the buffers' device)."""
@@ -87,9 +91,14 @@ class KVBuffers:
         self.rows = n
         return order
 
-    def row(self, b: int, columns: torch.Tensor) -> list[torch.Tensor]:
-        """Row ``b``'s K/V on ``columns``, per layer (2, heads, n, dim)."""
-        return [buffer[:, b][:, :, columns] for buffer in self.layers]
+    def gather(self, rows: torch.Tensor, columns: torch.Tensor) -> list[torch.Tensor]:
+        """K/V at the (row, column) pairs ``zip(rows, columns)``, per layer (2, pairs, heads, dim)."""
+        return [buffer[:, rows, columns] for buffer in self.layers]
+
+    def scatter(self, rows: torch.Tensor, columns: torch.Tensor, values: list[torch.Tensor]) -> None:
+        """Write per-layer K/V (2, pairs, heads, dim) at the (row, column) pairs (``gather``'s inverse)."""
+        for buffer, layer_values in zip(self.layers, values, strict=True):
+            buffer[:, rows, columns] = layer_values
 
 
 def step_function(model) -> Step:
@@ -176,7 +185,7 @@ def llama_step(causal_lm) -> Step:
             qk = torch.addcmul(proj[:, :qk_heads] * cos, proj[:, qk_heads + kv_heads:], sin)  # rotary embedding
             qk = _on_grid(qk, real, rows * q).view(rows, q, qk_heads, dim)
             value = _on_grid(proj[:, qk_heads: qk_heads + kv_heads], real, rows * q).view(rows, q, kv_heads, dim)
-            keys, values = kv.write(i, qk[:, :, heads:].transpose(1, 2), value.transpose(1, 2))
+            keys, values = kv.write(i, qk[:, :, heads:], value)
             query = qk[:, :, :heads].transpose(1, 2).reshape(rows, kv_heads, group * q, dim)
             out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
             out = out.view(rows, heads, q, dim).transpose(1, 2).reshape(rows * q, heads * dim)
@@ -288,7 +297,7 @@ class _BufferLayer(DynamicLayer):
         self.kv, self.index, self.is_initialized = kv, index, True
 
     def update(self, key_states, value_states, *args, **kwargs):
-        return self.kv.write(self.index, key_states, value_states)
+        return self.kv.write(self.index, key_states.transpose(1, 2), value_states.transpose(1, 2))
 
     def get_seq_length(self) -> int:
         return self.kv.length

@@ -146,10 +146,10 @@ def run_rollouts(
 
     ``max_context_tokens``: a trajectory whose context could outgrow this window in its next
     turn (context + ``max_response_tokens``) stops there without an answer (counted)."""
-    trajs = [
-        Trajectory(q, list(g), tokenizer(policy_prompt(q, tokenizer, chat=chat), add_special_tokens=False)["input_ids"])
-        for q, g in zip(questions, golden_answers, strict=True)
-    ]
+    unique = list(dict.fromkeys(questions))  # a group's n rollouts share one prompt: tokenize it once
+    prompt_ids = dict(zip(unique, tokenizer([policy_prompt(q, tokenizer, chat=chat) for q in unique],
+                                            add_special_tokens=False)["input_ids"], strict=True))
+    trajs = [Trajectory(q, list(g), list(prompt_ids[q])) for q, g in zip(questions, golden_answers, strict=True)]
     rollout = object()  # keys are scoped to this call: no cache outlives the rollout
     for turn in range(max_turns):
         active = [t for t in trajs if t.status == "generating"]
@@ -205,11 +205,12 @@ def _answer_searches(pending: list[Trajectory], engine: SearchEngine, tokenizer,
         answers=[t.golden_answers for t in pending],
         step=step,
     )
-    for t, docs in zip(pending, results, strict=True):
+    blocks = tokenizer([information_block(docs) for docs in results], add_special_tokens=False)["input_ids"]
+    for t, docs, ids in zip(pending, results, blocks, strict=True):
         t.searches += 1
         t.noisy.append(_noisy_flag(docs))
         # Retrieved documents are state, not actions: state masking keeps them out of the loss.
-        t.append(_observation_ids(docs, tokenizer, max_obs_tokens, t), trained=False)
+        t.append(_observation_ids(ids, tokenizer, max_obs_tokens, t), trained=False)
         t.pending_query = None
         t.status = "generating"
 
@@ -219,9 +220,8 @@ def _noisy_flag(docs: list[Doc]) -> bool | None:
     return flags.pop() if len(flags) == 1 else None
 
 
-def _observation_ids(docs: list[Doc], tokenizer, max_obs_tokens: int, t: Trajectory) -> list[int]:
-    block = information_block(docs)
-    ids = tokenizer(block, add_special_tokens=False)["input_ids"]
+def _observation_ids(ids: list[int], tokenizer, max_obs_tokens: int, t: Trajectory) -> list[int]:
+    """The tokens of an ``<information>`` block, cut to ``max_obs_tokens`` (closing tag kept)."""
     if len(ids) <= max_obs_tokens:
         return ids
     t.truncated_observations += 1
