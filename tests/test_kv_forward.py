@@ -17,6 +17,7 @@ from zerosearch.kv_forward import (
     KVBuffers,
     attention_mask,
     has_llama_layout,
+    linear_weights,
     llama_step,
     step_function,
     transformers_step,
@@ -32,10 +33,22 @@ def qwen2(**extra):
                                         num_key_value_heads=2, intermediate_size=128, **extra)).eval()
 
 
-def llama():
+def llama(**extra):
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                        num_key_value_heads=2, intermediate_size=128)).eval()
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=2, intermediate_size=128, **extra)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)  # biases start at zero; make them count
+    return model
+
+
+def llama3_with_biases():
+    """Llama 3 rope scaling (fixed per position), and biases on every projection."""
+    return llama(attention_bias=True, mlp_bias=True, rope_parameters={
+        "rope_type": "llama3", "factor": 8.0, "rope_theta": 500000.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 4})
 
 
 def gpt2():
@@ -82,7 +95,7 @@ def assert_model_logits(model, out, decode):
             torch.testing.assert_close(logits[i], reference_logits(model, full), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("make", [qwen2, llama], ids=["qwen2", "llama"])
+@pytest.mark.parametrize("make", [qwen2, llama, llama3_with_biases], ids=["qwen2", "llama", "llama3-biases"])
 def test_llama_step_gives_the_models_logits_over_prefill_and_decode(make):
     model = make()
     assert has_llama_layout(model)
@@ -104,6 +117,8 @@ def test_transformers_step_gives_the_models_logits_for_another_architecture():
 def test_the_step_is_chosen_by_layout_and_lora_projections_are_used():
     sliding = qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=0)
     assert not has_llama_layout(sliding)  # sliding-window layers: the transformers forward handles them
+    dynamic = qwen2(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    assert not has_llama_layout(dynamic)  # cos/sin change with the sequence length
     assert step_function(gpt2()).__qualname__.startswith("transformers_step")
 
     lora = with_lora(qwen2(), LoraSection(enabled=True, r=4, alpha=8, dropout=0.0))
@@ -186,3 +201,25 @@ def test_zero3_sharded_models_take_the_transformers_forward():
     assert step_function(model).__qualname__.startswith("llama_step")
     model.model.norm.weight.ds_id = 7  # what DeepSpeed ZeRO-3 sets on the parameters it partitions
     assert step_function(model).__qualname__.startswith("transformers_step")
+
+
+def test_llama_step_packs_the_weights_again_after_they_change():
+    model = qwen2()
+    step = llama_step(model)
+    before, _ = run_steps(step, ROWS, [])
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(3.0)  # an in-place update, as an optimizer step
+    after, _ = run_steps(step, ROWS, [])
+    assert not torch.allclose(before[0], after[0], atol=1e-3)
+    assert_model_logits(model, after, [])
+
+
+def test_linear_weights_reads_a_wrapped_linear_off_its_outputs():
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(6, 4)
+    wrapped = torch.nn.Sequential(plain)  # any linear module that is not an nn.Linear
+    wrapped.in_features, wrapped.weight = 6, plain.weight
+    weight, bias = linear_weights(wrapped)
+    torch.testing.assert_close(weight, plain.weight)
+    torch.testing.assert_close(bias, plain.bias)
+    assert linear_weights(plain)[0] is plain.weight

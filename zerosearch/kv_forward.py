@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -70,9 +71,14 @@ class KVBuffers:
         return buffer[0, :, :end].transpose(1, 2), buffer[1, :, :end].transpose(1, 2)
 
     def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep only batch rows ``rows`` (an index tensor on the buffers' device)."""
-        self.layers = [buffer[:, rows] for buffer in self.layers]
-        self.rows = len(rows)
+        """Make the buffers hold batch rows ``rows`` (an index tensor on the buffers' device; rows may
+        repeat). Only the filled columns are copied: the rest is written before it is read."""
+        selected = []
+        for buffer in self.layers:
+            new = buffer.new_empty((buffer.shape[0], len(rows), *buffer.shape[2:]))
+            new[:, :, : self.length] = buffer[:, rows, : self.length]
+            selected.append(new)
+        self.layers, self.rows = selected, len(rows)
 
     def drop_rows(self, dropped: torch.Tensor) -> torch.Tensor:
         """Drop the rows flagged in ``dropped`` (bool, rows): the rows kept that sit past the new row
@@ -134,6 +140,9 @@ def has_llama_layout(causal_lm) -> bool:
         return False
     if not all(hasattr(decoder, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
         return False
+    rope_type = getattr(decoder.rotary_emb, "rope_type", "default")
+    if not isinstance(rope_type, str) or "dynamic" in rope_type or rope_type == "longrope":
+        return False  # cos/sin of a position depend on the sequence length (or the layer): no fixed table
     return all(getattr(layer.self_attn, "sliding_window", None) is None for layer in decoder.layers)
 
 
@@ -156,6 +165,11 @@ def llama_step(causal_lm) -> Step:
     heads, kv_heads, dim, scale = config.num_attention_heads, config.num_key_value_heads, attn.head_dim, attn.scaling
     group, qk_heads = heads // kv_heads, heads + kv_heads
     params = list(causal_lm.parameters())
+    # The plain modules' functions, called directly (a module call costs more than these small ops).
+    embed = _direct(decoder.embed_tokens, torch.nn.Embedding, lambda m: partial(F.embedding, weight=m.weight))
+    lm_head = _direct(lm_head, torch.nn.Linear, lambda m: partial(F.linear, weight=m.weight, bias=m.bias))
+    act = decoder.layers[0].mlp.act_fn
+    act = F.silu if type(act).__name__ in ("SiLU", "SiLUActivation") else act
     packed: dict = {}
 
     def current() -> tuple[list[_PackedLayer], _RotaryTable]:
@@ -173,12 +187,14 @@ def llama_step(causal_lm) -> Step:
             if not fresh[:, -1].all():
                 raise ValueError("llama_step: in a prefill every row's last column must be a real token")
             real = fresh.reshape(-1).nonzero().flatten()
-        x = decoder.embed_tokens(ids.reshape(-1) if real is None else ids.reshape(-1)[real])
+        x = embed(ids.reshape(-1) if real is None else ids.reshape(-1)[real])
         cos, sin = rotary(positions.reshape(-1) if real is None else positions.reshape(-1)[real], x)
-        blocked = ~attention_mask(valid, kv.length, q)
-        mask = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill_(blocked, float("-inf"))
-        if q > 1:
-            mask = mask.repeat(1, 1, group, 1)  # query rows are (head in group, position)
+        if q == 1:  # a decode step: the row's real columns and its own
+            seen = valid[:, None, None, : kv.length + 1].clone()
+            seen[..., -1] = True
+        else:  # query rows are (head in group, position)
+            seen = attention_mask(valid, kv.length, q).repeat(1, 1, group, 1)
+        mask = x.new_zeros(seen.shape).masked_fill_(~seen, float("-inf"))
         for i, layer in enumerate(layers):
             h = F.rms_norm(x, layer.input_norm.weight.shape, layer.input_norm.weight, layer.input_norm.variance_epsilon)
             proj = torch.addmm(layer.qkv_bias, h, layer.qkv).view(len(x), -1, dim)
@@ -192,7 +208,7 @@ def llama_step(causal_lm) -> Step:
             x = _addmm(x, out if real is None else out[real], layer.o, layer.o_bias)
             h = F.rms_norm(x, layer.post_norm.weight.shape, layer.post_norm.weight, layer.post_norm.variance_epsilon)
             gate, up = torch.addmm(layer.gate_up_bias, h, layer.gate_up).chunk(2, -1)
-            x = _addmm(x, layer.act(gate) * up, layer.down, layer.down_bias)
+            x = _addmm(x, act(gate) * up, layer.down, layer.down_bias)
         kv.length += q
         if real is not None:
             x = x[fresh.sum(1).cumsum(0) - 1]  # each row's last token
@@ -215,7 +231,6 @@ class _PackedLayer:
     down_bias: torch.Tensor | None
     input_norm: torch.nn.Module
     post_norm: torch.nn.Module
-    act: Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
@@ -237,7 +252,7 @@ def pack_llama(causal_lm) -> list[_PackedLayer]:
             qkv_bias=torch.cat([bq, bk, bv, _rotate_half_rows(bq, dim), _rotate_half_rows(bk, dim)]),
             o=wo.t().contiguous(), o_bias=bo, gate_up=torch.cat([wg, wu]).t().contiguous(),
             gate_up_bias=torch.cat([bg, bu]), down=wd.t().contiguous(), down_bias=bd,
-            input_norm=layer.input_layernorm, post_norm=layer.post_attention_layernorm, act=mlp.act_fn))
+            input_norm=layer.input_layernorm, post_norm=layer.post_attention_layernorm))
     return packed
 
 
@@ -256,6 +271,11 @@ def _rotate_half_rows(w: torch.Tensor, dim: int) -> torch.Tensor:
     """Rows of ``w`` (per head of ``dim`` rows) such that ``x @ result.T == rotate_half(x @ w.T)``."""
     per_head = w.reshape(-1, dim, *w.shape[1:])
     return torch.cat((-per_head[:, dim // 2:], per_head[:, : dim // 2]), 1).reshape(w.shape)
+
+
+def _direct(module: torch.nn.Module, plain: type, function: Callable) -> Callable:
+    """``function(module)`` when ``module`` is exactly of type ``plain`` (not a LoRA or other wrapper), else the module."""
+    return function(module) if type(module) is plain else module
 
 
 def _on_grid(t: torch.Tensor, real: torch.Tensor | None, size: int) -> torch.Tensor:
