@@ -12,13 +12,17 @@ rather than ``model.generate``, for what the multi-turn rollout makes expensive 
    A kept cache is used only when its tokens are a prefix of the new context.
 2. **Finished rows leave the batch.** ``generate`` decodes every row until the longest one
    stops. Here a row that stopped is cut out of the batch (its cache kept for the next turn)
-   once a quarter of the batch has stopped, so the tail of a turn runs at a small batch.
+   once a quarter of the batch has stopped, so the tail of a turn runs at a small batch. Only
+   the rows past the new row count are moved (``KVBuffers.drop_rows``); kept caches are taken
+   out, and put back next turn, with one gather/scatter per layer for all rows.
 3. **Equal rows prefill once.** Rows with the same context and kept prefix (the n rollouts
    of one prompt, first turn) are run through the model once and copied.
 4. **A cheaper step.** Each model call is ``kv_forward.step_function(model)``: K/V written in
    place into buffers sized for the turn (no cache concatenation per token) and, for
-   Llama-layout models, the decoder run over its modules without the transformers forward's
-   per-call overhead.
+   Llama-layout models, the decoder over packed weights with a fraction of the transformers
+   forward's ops. The loop runs under ``torch.inference_mode``.
+5. **Cheaper sampling.** ``sample_categorical`` draws one uniform number per row (inverse
+   CDF); ``torch.multinomial`` draws one exponential per vocabulary entry.
 
 Rows are left-aligned to a shared width the usual way: each row's cached tokens and new
 tokens are placed right-aligned, padding is not a real column, and position ids are given
@@ -222,7 +226,7 @@ class _Batch:
 
     def _index_state(self, rows: torch.Tensor) -> None:
         on_device = rows.to(self.valid.device)
-        self.valid, self.positions, self.logits = self.valid[on_device], self.positions[on_device], self.logits[on_device]
+        self.valid, self.positions, self.logits = (t[on_device] for t in (self.valid, self.positions, self.logits))
         self.stopped = self.stopped[rows]
 
 

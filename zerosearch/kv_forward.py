@@ -9,12 +9,15 @@ whole cache at every token.
 position, for ``ids``/``positions`` (rows, q) and ``valid`` (rows, capacity), True on the key
 columns holding a real token of the row. It advances ``kv.length`` by q.
 
-- ``llama_step`` for Llama-layout decoders (``model_type`` llama or qwen2, full attention:
-  LLaMA-3.x, Qwen2.5 and the tiny policy): the decoder run layer by layer over the model's own
-  modules (embeddings, norms, projections, MLP, rotary embedding; LoRA-wrapped projections
-  included), one SDPA call per layer. It leaves out the per-call work of the transformers forward
-  (mask building, cache bookkeeping, output objects), which is most of a decode step's time for
-  small models (bench/rl_speed.py).
+- ``llama_step`` for Llama-layout decoders (``model_type`` llama or qwen2, full attention, a
+  rotary embedding fixed per position: LLaMA-3.x, Qwen2.5 and the tiny policy). For small models
+  a decode step's time is mostly the number of ops, so it runs the decoder over packed weights
+  (``pack_llama``, LoRA adapters merged): per layer one matmul for q, k, v and the rotated halves
+  of q and k (rotary's ``rotate_half`` is a signed permutation of output rows), one SDPA call with
+  a K/V head's query heads as its query rows (no K/V repeat), one matmul for gate and up, and the
+  residuals added inside the o/down matmuls. A prefill runs the linear layers on its real tokens
+  only. The packed weights are a copy of the layer weights (q and k twice), made again whenever
+  a parameter changed.
 - ``transformers_step`` for any other causal LM: the model's own forward, with a cache whose
   layers write into the buffers.
 
@@ -154,6 +157,17 @@ def attention_mask(valid: torch.Tensor, length: int, q: int) -> torch.Tensor:
     return (valid[:, None, None, : length + q] & (columns <= own)) | (columns == own)
 
 
+def _grouped_mask(valid: torch.Tensor, length: int, q: int, group: int, like: torch.Tensor) -> torch.Tensor:
+    """``attention_mask`` as an additive mask (0 / -inf, ``like``'s dtype) for query rows ordered
+    (head in group, position): (rows, 1, group * q, length + q)."""
+    if q == 1:  # a decode step: the row's real columns and its own; the same for every head
+        seen = valid[:, None, None, : length + 1].clone()
+        seen[..., -1] = True
+    else:
+        seen = attention_mask(valid, length, q).repeat(1, 1, group, 1)
+    return like.new_zeros(seen.shape).masked_fill_(~seen, float("-inf"))
+
+
 def llama_step(causal_lm) -> Step:
     """The decoder of a Llama-layout model on ``KVBuffers``, over packed weights (``pack_llama``):
     per layer one matmul for q, k, v and the rotated halves of q and k, one SDPA call with each
@@ -189,12 +203,7 @@ def llama_step(causal_lm) -> Step:
             real = fresh.reshape(-1).nonzero().flatten()
         x = embed(ids.reshape(-1) if real is None else ids.reshape(-1)[real])
         cos, sin = rotary(positions.reshape(-1) if real is None else positions.reshape(-1)[real], x)
-        if q == 1:  # a decode step: the row's real columns and its own
-            seen = valid[:, None, None, : kv.length + 1].clone()
-            seen[..., -1] = True
-        else:  # query rows are (head in group, position)
-            seen = attention_mask(valid, kv.length, q).repeat(1, 1, group, 1)
-        mask = x.new_zeros(seen.shape).masked_fill_(~seen, float("-inf"))
+        mask = _grouped_mask(valid, kv.length, q, group, x)
         for i, layer in enumerate(layers):
             h = F.rms_norm(x, layer.input_norm.weight.shape, layer.input_norm.weight, layer.input_norm.variance_epsilon)
             proj = torch.addmm(layer.qkv_bias, h, layer.qkv).view(len(x), -1, dim)
@@ -274,7 +283,8 @@ def _rotate_half_rows(w: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def _direct(module: torch.nn.Module, plain: type, function: Callable) -> Callable:
-    """``function(module)`` when ``module`` is exactly of type ``plain`` (not a LoRA or other wrapper), else the module."""
+    """``function(module)`` when ``module`` is exactly of type ``plain`` (not a LoRA or other
+    wrapper), else the module itself."""
     return function(module) if type(module) is plain else module
 
 
