@@ -92,3 +92,23 @@ def test_the_cli_turns_prefect_server_telemetry_off_unless_set(monkeypatch):
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")
     importlib.reload(zerosearch.cli)
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"
+
+
+def test_experiment_prints_its_mlflow_runs_and_how_to_open_them(monkeypatch, tmp_path):
+    import flows.pipeline
+
+    out = {"experiment": "exp-1", "ran": ["train"], "registered_model": "models:/zerosearch-policy/3",
+           "mlflow_runs": [{"stage": "train", "run_id": "abc", "url": "http://127.0.0.1:5000/#/experiments/1/runs/abc"}]}
+    calls = []
+    monkeypatch.setattr(flows.pipeline, "pipeline_flow", lambda *a, **k: calls.append((a, k)) or out)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = CliRunner().invoke(app, ["experiment", "--set", "train.lr=1e-4", "--name", "exp-1"])
+    assert result.exit_code == 0, result.output
+    assert calls == [(("params.yaml", ["train.lr=1e-4"], "exp-1"), {"temp": True})]
+    assert "experiment exp-1: ran ['train']; registered models:/zerosearch-policy/3" in result.output
+    assert "MLflow train: http://127.0.0.1:5000/#/experiments/1/runs/abc" in result.output
+    assert "zerosearch ui" in result.output  # no server configured: say how to open the links
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    result = CliRunner().invoke(app, ["experiment", "--name", "exp-1"])
+    assert "zerosearch ui" not in result.output

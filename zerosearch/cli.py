@@ -225,6 +225,7 @@ def experiment(
     the same thing a UI-triggered or scheduled run does. Compare with `dvc exp show`."""
     from flows.pipeline import pipeline_flow
     from zerosearch.experiments import ExperimentFailed
+    from zerosearch.tracking import tracking_uri
 
     try:
         out = pipeline_flow(preset, set or [], name, temp=not workspace)
@@ -235,6 +236,8 @@ def experiment(
                   f"registered {out['registered_model'] or '-'}")
     for run in out["mlflow_runs"]:
         console.print(f"  MLflow {run['stage']}: {run['url']}")
+    if out["mlflow_runs"] and not tracking_uri().startswith(("http://", "https://")):
+        console.print("  (the runs are in mlflow.db; the links open while `zerosearch ui` or `make mlflow-ui` runs)")
 
 
 @app.command()
