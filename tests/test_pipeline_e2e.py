@@ -61,9 +61,17 @@ def repo_copy(tmp_path_factory):
     return dst, env
 
 
-def test_dvc_repro_builds_everything_then_has_nothing_to_do(repo_copy):
+@pytest.fixture(scope="module")
+def reproduced(repo_copy):
+    """The copy after one `dvc repro`: every test that reads what the pipeline built uses this,
+    so each of them also runs alone (`-k`)."""
     repo, env = repo_copy
     run(["dvc", "repro"], repo, env)
+    return repo, env
+
+
+def test_dvc_repro_builds_everything_then_has_nothing_to_do(reproduced):
+    repo, env = reproduced
     data = json.loads((repo / "metrics" / "data.json").read_text())
     assert data["rows_train"] == 1500 and data["bm25_documents"] == data["documents"]
     for split in ("tiny_single", "tiny_multi", "tiny_ood"):
@@ -94,10 +102,10 @@ def test_dvc_repro_builds_everything_then_has_nothing_to_do(repo_copy):
     assert "rows_train" in shown
 
 
-def test_stage_runs_are_in_mlflow_under_one_parent(repo_copy):
+def test_stage_runs_are_in_mlflow_under_one_parent(reproduced):
     import mlflow
 
-    repo, env = repo_copy
+    repo, env = reproduced
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("zerosearch")
     runs = client.search_runs([exp.experiment_id])
@@ -111,16 +119,16 @@ def test_stage_runs_are_in_mlflow_under_one_parent(repo_copy):
     assert client.search_model_versions("name='zerosearch-policy'")  # the evaluate stage registered it
 
 
-def test_served_simulator_answers_searches(repo_copy):
+def test_served_simulator_answers_searches(reproduced):
     """`zerosearch serve --check`: transformers serve with the SFT simulator, one search."""
-    repo, env = repo_copy
+    repo, env = reproduced
     out = run(["zerosearch", "serve", "--check"], repo, env)
     assert "/v1" in out
     n_docs = int(out.split("check: ")[1].split(" documents")[0])
     assert n_docs >= 1
 
 
-def test_a_deployment_run_with_overrides_is_a_dvc_experiment_and_an_mlflow_run(repo_copy, monkeypatch):
+def test_a_deployment_run_with_overrides_is_a_dvc_experiment_and_an_mlflow_run(reproduced, monkeypatch):
     """The pipeline deployment (schedule from params) started with overrides, executed by a
     Prefect runner as a UI-triggered run would be: a `dvc exp run --temp` that reruns only what
     the overrides touch, an MLflow run tagged with the experiment, a registered policy."""
@@ -135,7 +143,7 @@ def test_a_deployment_run_with_overrides_is_a_dvc_experiment_and_an_mlflow_run(r
     from zerosearch.experiments import experiment_metrics
     from zerosearch.tracking import experiment_runs
 
-    repo, env = repo_copy
+    repo, env = reproduced
     run(["git", "add", "-A"], repo, env)  # what a user commits after `dvc repro`: dvc.lock, metrics
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "reproduced"], repo, env)
     params_before = (repo / "params.yaml").read_text()
