@@ -249,6 +249,7 @@ def _seed(kv: KVBuffers, starts, past: int, device) -> None:
     """Fill ``kv``'s first ``past`` columns with each row's kept K/V, right-aligned: one scatter
     per layer for all rows."""
     template = next(c for c, n in starts if c is not None and n)
+    kv.length = past  # the seeded columns, zeroed by allocate
     for layer, like in enumerate(template.kv):
         kv.allocate(layer, like.to(device))
     rows, columns, values = [], [], [[] for _ in template.kv]
@@ -260,7 +261,6 @@ def _seed(kv: KVBuffers, starts, past: int, device) -> None:
                 values[layer].append(layer_kv[:, :n])
     kv.scatter(torch.cat(rows).to(device), torch.cat(columns).to(device),
                [torch.cat(v, dim=1).to(device) for v in values])
-    kv.length = past
 
 
 def _device(model) -> torch.device:

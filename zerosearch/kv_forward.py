@@ -47,7 +47,9 @@ class KVBuffers:
     values at 1; columns < ``length`` are filled. Token-major, so the K/V of a (row, column) is one
     contiguous block (cheap to gather, scatter and write); attention reads it as a strided
     (rows, heads, n, dim) view. A layer's buffer is allocated at its first write, from the shape
-    written (zeros: an unwritten column is masked, and must not be NaN)."""
+    written. A column is only read once written: every step writes all rows' columns
+    ``[length, length + q)`` before attending to ``[0, length + q)``, and seeded columns start at
+    zero (a gap is masked, and must not be NaN: 0 * NaN is NaN)."""
 
     rows: int
     capacity: int
@@ -56,9 +58,12 @@ class KVBuffers:
 
     def allocate(self, layer: int, like: torch.Tensor) -> None:
         """The buffer for ``layer`` with the heads, dim, dtype and device of ``like`` (..., heads, dim);
-        layers in order."""
+        layers in order. Columns < ``length`` start at zero (they are seeded, gaps included); the
+        others are written before they are read."""
         assert layer == len(self.layers), "layers are allocated in order"
-        self.layers.append(like.new_zeros((2, self.rows, self.capacity, *like.shape[-2:])))
+        buffer = like.new_empty((2, self.rows, self.capacity, *like.shape[-2:]))
+        buffer[:, :, : self.length].zero_()
+        self.layers.append(buffer)
 
     def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store K/V (rows, q, heads, dim) at ``[length, length + q)``; the layer's K/V up to there,
