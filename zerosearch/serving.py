@@ -257,15 +257,10 @@ def stop_process_group(proc: subprocess.Popen, grace: float) -> None:
 
 
 def _wait_url(base_url: str, startup_timeout: float, poll_interval: float) -> None:
-    deadline = time.monotonic() + startup_timeout
-    while True:
-        if health_ok(base_url, timeout=max(0.1, min(2.0, deadline - time.monotonic()))):
-            return
-        if time.monotonic() >= deadline:
-            raise ServerStartError(
-                f"simulator server at {base_url} did not answer 200 on /health or /models "
-                f"within {startup_timeout:g}s (backend 'url': nothing was started; is it running?)")
-        time.sleep(min(poll_interval, max(0.0, deadline - time.monotonic())))
+    if wait_healthy(None, base_url, time.monotonic() + startup_timeout, poll_interval) != "healthy":
+        raise ServerStartError(
+            f"simulator server at {base_url} did not answer 200 on /health or /models "
+            f"within {startup_timeout:g}s (backend 'url': nothing was started; is it running?)")
 
 
 def start_process(cmd: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
@@ -279,15 +274,16 @@ def start_process(cmd: list[str], log_path: Path, env: dict | None = None) -> su
             raise ServerStartError(f"could not run {shlex.join(cmd)}: {err}") from err
 
 
-def wait_healthy(proc: subprocess.Popen, url: str, deadline: float, poll_interval: float
+def wait_healthy(proc: subprocess.Popen | None, url: str, deadline: float, poll_interval: float
                  ) -> Literal["healthy", "exited", "timeout"]:
     """Poll ``health_ok(url)`` until the server of ``proc`` answers while ``proc`` still runs
-    ("healthy"), ``proc`` exits ("exited") or ``time.monotonic()`` passes ``deadline`` ("timeout")."""
+    ("healthy"), ``proc`` exits ("exited") or ``time.monotonic()`` passes ``deadline`` ("timeout").
+    ``proc`` None: a server started elsewhere, only its answer counts."""
     while True:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             return "exited"
         if health_ok(url, timeout=max(0.1, min(2.0, deadline - time.monotonic()))):
-            if proc.poll() is None:  # healthy, and it is ours answering
+            if proc is None or proc.poll() is None:  # healthy, and it is ours answering
                 return "healthy"
             continue  # it died meanwhile: report that on the next round
         if time.monotonic() >= deadline:
