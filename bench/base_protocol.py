@@ -1,6 +1,6 @@
 """Bench: does the pretrained tiny policy follow the search protocol?
 
-Rolls out the base policy (``zerosearch.rollout``, temperature 1) on held-out test
+Rolls out the base policy (``zerosearch.agent.rollout``, temperature 1) on held-out test
 questions (the tiny world's test splits), answers its searches with the real BM25 engine,
 and counts the turns whose output holds a well-formed action (a ``<search>...</search>``
 or ``<answer>...</answer>`` block).
@@ -14,6 +14,7 @@ Target (foundation issue): >= 90% well-formed turns; base stage <= 300 s.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -21,12 +22,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from zerosearch.agent.rollout import RolloutSettings, run_rollouts
 from zerosearch.config import load_config
 from zerosearch.data.schema import read_qa_parquet
-from zerosearch.generation import HFGenerator
-from zerosearch.models import load_model
+from zerosearch.lm.generation import HFGenerator
+from zerosearch.lm.models import load_model
 from zerosearch.rewards import exact_match
-from zerosearch.rollout import run_rollouts
 from zerosearch.search.bm25 import BM25Engine
 
 
@@ -37,10 +38,12 @@ def run(params: str, n: int, max_turns: int, max_new_tokens: int, seed: int, sho
     generator = HFGenerator(model, tok, temperature=1.0)
     torch.manual_seed(seed)
     rows = {}
+    settings = dataclasses.replace(RolloutSettings.from_config(cfg), max_turns=max_turns,
+                                   max_response_tokens=max_new_tokens)
     for bench in cfg.data.benchmarks:
         qs = read_qa_parquet(cfg.path("data") / "test" / f"{bench}.parquet")[:n]
         batch = run_rollouts(generator, tok, engine, [q["question"] for q in qs], [q["golden_answers"] for q in qs],
-                             max_turns=max_turns, max_response_tokens=max_new_tokens, max_obs_tokens=512)
+                             settings)
         trajs = batch.trajectories
         turns = sum(t.turns for t in trajs)
         invalid = sum(t.invalid_actions for t in trajs)

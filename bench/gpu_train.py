@@ -29,7 +29,7 @@ from rich.table import Table
 
 from zerosearch.config import load_config
 from zerosearch.data.schema import read_qa_parquet
-from zerosearch.models import count_parameters, load_model
+from zerosearch.lm.models import count_parameters, load_model
 from zerosearch.search.bm25 import BM25Engine
 
 

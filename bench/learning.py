@@ -17,10 +17,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from zerosearch.agent.evaluation import predict_agent, summarize
+from zerosearch.agent.rollout import RolloutSettings
 from zerosearch.config import load_config
 from zerosearch.data.schema import read_qa_parquet
-from zerosearch.evaluation import predict_agent, summarize
-from zerosearch.models import load_model
+from zerosearch.lm.models import load_model
 from zerosearch.search.factory import make_engine
 
 
@@ -46,10 +47,7 @@ def main() -> None:
         for split in splits:
             rows = read_qa_parquet(cfg.path("data") / "test" / f"{split}.parquet")
             rows = rows[: args.n] if args.n else rows
-            s = summarize(predict_agent(model, tok, engine, rows, max_turns=cfg.train.max_turns,
-                                  max_response_tokens=cfg.train.max_response_tokens,
-                                  max_obs_tokens=cfg.train.max_obs_tokens,
-                                  max_context_tokens=cfg.train.max_prompt_tokens))
+            s = summarize(predict_agent(model, tok, engine, rows, RolloutSettings.from_config(cfg)))
             ems.append(s["em"])
             searches.append(s["searches"])
         table.add_row(label, *[f"{e:.3f}" for e in ems], f"{sum(ems) / len(ems):.3f}",

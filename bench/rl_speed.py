@@ -1,6 +1,6 @@
 """Bench: RL speed of our loop and trainer, in one process on one model.
 
-(a) Rollout loop vs plain ``generate``: policy tokens/s of ``zerosearch.rollout.run_rollouts``
+(a) Rollout loop vs plain ``generate``: policy tokens/s of ``zerosearch.agent.rollout.run_rollouts``
     (``HFGenerator``, BM25 engine, ``train.max_turns`` turns of ``--max-new-tokens`` each) against
     one batched ``model.generate`` on the same prompts with the same sampling, forced (min = max
     new tokens, so EOS cannot stop it) to the loop's mean number of policy tokens per trajectory.
@@ -28,6 +28,7 @@ Targets: (a) loop overhead (plain tokens/s / loop tokens/s - 1) <= 25%;
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -39,14 +40,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from zerosearch.agent.rollout import RolloutSettings, run_rollouts
 from zerosearch.config import load_config
 from zerosearch.data.schema import read_qa_parquet
-from zerosearch.generation import HFGenerator
-from zerosearch.kv_forward import transformers_step
-from zerosearch.models import left_pad, load_model
-from zerosearch.prompts import policy_prompt
+from zerosearch.lm.generation import HFGenerator
+from zerosearch.lm.kv_forward import transformers_step
+from zerosearch.lm.models import left_pad, load_model
+from zerosearch.protocol import policy_prompt
 from zerosearch.rewards import get_reward
-from zerosearch.rollout import run_rollouts
 from zerosearch.search.bm25 import BM25Engine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,11 +87,14 @@ def bench_rollout(cfg, engine, rows, prompts: int, group: int, max_new: int, rep
     ids, mask = left_pad([tok(policy_prompt(r["question"]), add_special_tokens=False)["input_ids"] for r in qs],
                          gen.pad_id)
 
+    # The train stage's settings with this bench's turn length and no context window (as before).
+    settings = dataclasses.replace(RolloutSettings.from_config(cfg), max_response_tokens=max_new,
+                                   max_context_tokens=None, chat=False)
+
     def loop(generator) -> tuple[int, float, dict]:
         t0 = time.perf_counter()
         batch = run_rollouts(generator, tok, engine, [r["question"] for r in qs], [r["golden_answers"] for r in qs],
-                             max_turns=cfg.train.max_turns, max_response_tokens=max_new,
-                             max_obs_tokens=cfg.train.max_obs_tokens)
+                             settings)
         secs = time.perf_counter() - t0
         policy = batch.loss_mask.sum(1)
         env = batch.attention_mask.sum(1) - policy - batch.prompt_lengths  # documents + corrective messages
@@ -258,12 +262,12 @@ def main() -> None:
             os.environ.setdefault("ZEROSEARCH_TRACKING", "off")
             sys.path.insert(0, str(REPO))
             from tests.conftest import micro_config
-            from zerosearch.base_models import build_base
-            from zerosearch.data.build import build_data
+            from zerosearch.stages import base as base_stage
+            from zerosearch.stages import data as data_stage
 
             base_cfg = micro_config(work)
-            build_data(base_cfg)
-            build_base(base_cfg)
+            data_stage.run(base_cfg)
+            base_stage.run(base_cfg)
             make = lambda extra: micro_config(work, *extra)  # noqa: E731
         else:
             make = lambda extra: load_config(args.params, extra)  # noqa: E731

@@ -20,11 +20,11 @@ from rich.console import Console
 from rich.table import Table
 
 from zerosearch.config import load_config
-from zerosearch.models import load_model
+from zerosearch.lm.models import load_model
 from zerosearch.search.bm25 import BM25Engine
 from zerosearch.search.local import LocalCompleter
 from zerosearch.search.simulated import SimulatedEngine
-from zerosearch.simulator_sft import contains_answer, load_heldout
+from zerosearch.stages.simulator_sft import contains_answer, load_heldout
 
 
 def rate(engine, pairs, step: int) -> tuple[float, float]:

@@ -20,13 +20,13 @@ from rich.console import Console
 from rich.table import Table
 
 from zerosearch.config import load_config
-from zerosearch.models import load_model
+from zerosearch.lm.models import load_model
 from zerosearch.search.client import SimulatorClient
 from zerosearch.search.factory import server_spec
 from zerosearch.search.local import LocalCompleter
 from zerosearch.search.simulated import sft_prompt
 from zerosearch.serving import serve_simulator
-from zerosearch.simulator_sft import load_heldout
+from zerosearch.stages.simulator_sft import load_heldout
 
 
 def main() -> None:

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.base import build_base_task
+from flows.entry import main
+from tasks.base import base_task
 from tasks.common import load_config_task, write_metrics_task
-from zerosearch.tracking import stage_run
+from zerosearch.mlops.tracking import stage_run
 
 
 @flow(name="base")
 def base_flow(params: str = "params.yaml", overrides: list[str] | None = None) -> dict:
     cfg = load_config_task(params, overrides)
     with stage_run("base", cfg, params) as tracker:
-        stats = build_base_task(cfg, tracker)
+        stats = base_task(cfg, tracker)
     write_metrics_task(stats, cfg.path("metrics") / "base.json")
     return stats
 
 
 if __name__ == "__main__":
-    base_flow()
+    main(base_flow)

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.entry import main
 from tasks.common import load_config_task, write_metrics_task
-from tasks.data import build_data_task
-from zerosearch.tracking import stage_run
+from tasks.data import data_task
+from zerosearch.mlops.tracking import stage_run
 
 
 @flow(name="data")
 def data_flow(params: str = "params.yaml", overrides: list[str] | None = None) -> dict:
     cfg = load_config_task(params, overrides)
     with stage_run("data", cfg, params) as tracker:
-        stats = build_data_task(cfg, tracker)
+        stats = data_task(cfg, tracker)
     write_metrics_task(stats, cfg.path("metrics") / "data.json")
     return stats
 
 
 if __name__ == "__main__":
-    data_flow()
+    main(data_flow)

@@ -12,7 +12,7 @@ experiment name. Steps:
    retries here: the transient parts (simulator server start, simulator requests) retry
    inside the stages, and a failed stage should be looked at, not rerun blindly.
 3. ``publish-results`` (retried: it talks to the MLflow server): reads the experiment's
-   ``metrics/eval.json`` from its git ref, finds the MLflow runs tagged with the experiment
+   ``metrics/evaluate.json`` from its git ref, finds the MLflow runs tagged with the experiment
    name and the policy version the evaluate stage registered, and publishes a markdown
    artifact with the EM table and the links.
 
@@ -29,9 +29,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from zerosearch.agent.evaluation import markdown_table
 from zerosearch.config import load_config
-from zerosearch.evaluation import markdown_table
-from zerosearch.experiments import (
+from zerosearch.mlops.experiments import (
     ExperimentFailed,
     ExperimentResult,
     check_name,
@@ -41,7 +41,7 @@ from zerosearch.experiments import (
     resolve_preset,
     run_experiment,
 )
-from zerosearch.tracking import experiment_runs, tracking_uri
+from zerosearch.mlops.tracking import experiment_runs, tracking_uri
 
 
 def artifact_key(name: str) -> str:
@@ -75,7 +75,7 @@ def dvc_exp_run(repo: str, changes: list[str], name: str, temp: bool) -> Experim
 @task(name="publish-results", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30])
 def publish_results(repo: str, result: ExperimentResult, preset: str, overrides: list[str]) -> dict:
     cfg = load_config(resolve_preset(preset, repo), overrides)
-    table = experiment_metrics(result.name, f"{cfg.base.paths.metrics}/eval.json", repo)
+    table = experiment_metrics(result.name, f"{cfg.base.paths.metrics}/evaluate.json", repo)
     runs = experiment_runs(result.name, cfg.base.mlflow_experiment, root=repo)
     registered = next((r["registered_model"] for r in runs if r.get("registered_model")), None)
     links = "\n".join(f"- `{r['stage']}`: [{r['run_id']}]({r['url']})" for r in runs) or "- (no MLflow runs found)"

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.entry import main
 from tasks.common import load_config_task, write_metrics_task
-from tasks.simulator_sft import build_simulator_sft_task
-from zerosearch.tracking import stage_run, write_csv
+from tasks.simulator_sft import simulator_sft_task
+from zerosearch.atomic import write_csv
+from zerosearch.mlops.tracking import stage_run
 
 
 @flow(name="simulator_sft")
@@ -26,10 +28,10 @@ def simulator_sft_flow(params: str = "params.yaml", overrides: list[str] | None 
         (out / "SKIPPED.txt").write_text(f"simulator_sft.enabled is false: {cfg.base.simulator_model} is served as is\n")
     else:
         with stage_run("simulator_sft", cfg, params) as tracker:
-            stats = build_simulator_sft_task(cfg, tracker)
+            stats = simulator_sft_task(cfg, tracker)
     write_metrics_task(stats, cfg.path("metrics") / "simulator_sft.json")
     return stats
 
 
 if __name__ == "__main__":
-    simulator_sft_flow()
+    main(simulator_sft_flow)

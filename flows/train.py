@@ -9,19 +9,20 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.entry import main
 from tasks.common import load_config_task, write_metrics_task
-from tasks.train import train_policy_task
-from zerosearch.tracking import stage_run
+from tasks.train import train_task
+from zerosearch.mlops.tracking import stage_run
 
 
 @flow(name="train")
 def train_flow(params: str = "params.yaml", overrides: list[str] | None = None, resume: bool = False) -> dict:
     cfg = load_config_task(params, overrides)
     with stage_run("train", cfg, params) as tracker:
-        summary = train_policy_task(cfg, tracker, resume=resume)
+        summary = train_task(cfg, tracker, resume=resume)
     write_metrics_task(summary, cfg.path("metrics") / "train.json")
     return summary
 
 
 if __name__ == "__main__":
-    train_flow()
+    main(train_flow)

@@ -1,8 +1,8 @@
-"""Prefect tasks of the base stage: thin wrappers over zerosearch.base_models."""
+"""Prefect task of the base stage: a thin wrapper over zerosearch.stages.base."""
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from zerosearch.base_models import build_base
+from zerosearch.stages import base
 
-build_base_task = task(build_base, name="build-base-models", cache_policy=NO_CACHE)
+base_task = task(base.run, name="base", cache_policy=NO_CACHE)

@@ -1,8 +1,8 @@
-"""Prefect tasks of the data stage: thin wrappers over zerosearch.data."""
+"""Prefect task of the data stage: a thin wrapper over zerosearch.stages.data."""
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from zerosearch.data.build import build_data
+from zerosearch.stages import data
 
-build_data_task = task(build_data, name="build-data", cache_policy=NO_CACHE)
+data_task = task(data.run, name="data", cache_policy=NO_CACHE)

@@ -1,8 +1,8 @@
-"""Prefect tasks of the simulator SFT stage: thin wrappers over zerosearch.simulator_sft."""
+"""Prefect task of the simulator_sft stage: a thin wrapper over zerosearch.stages.simulator_sft."""
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from zerosearch.simulator_sft import build_simulator_sft
+from zerosearch.stages import simulator_sft
 
-build_simulator_sft_task = task(build_simulator_sft, name="simulator-sft", cache_policy=NO_CACHE)
+simulator_sft_task = task(simulator_sft.run, name="simulator_sft", cache_policy=NO_CACHE)

@@ -1,8 +1,8 @@
-"""Prefect tasks of the train stage: thin wrappers over zerosearch.training."""
+"""Prefect task of the train stage: a thin wrapper over zerosearch.stages.train."""
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from zerosearch.training import train_policy
+from zerosearch.stages import train
 
-train_policy_task = task(train_policy, name="train-policy", cache_policy=NO_CACHE)
+train_task = task(train.run, name="train", cache_policy=NO_CACHE)

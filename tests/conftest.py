@@ -53,11 +53,11 @@ def micro_cfg(tmp_path: Path) -> Config:
 @pytest.fixture(scope="module")
 def micro_world(tmp_path_factory) -> Path:
     """A micro world with its data and base stages built, shared by one test module."""
-    from zerosearch.base_models import build_base
-    from zerosearch.data.build import build_data
+    from zerosearch.stages import base as base_stage
+    from zerosearch.stages import data as data_stage
 
     root = tmp_path_factory.mktemp("micro")
     cfg = micro_config(root)
-    build_data(cfg)
-    build_base(cfg)
+    data_stage.run(cfg)
+    base_stage.run(cfg)
     return root

@@ -1,7 +1,7 @@
 import pytest
 
 from zerosearch.data import tinyworld
-from zerosearch.search import Doc, format_docs
+from zerosearch.protocol import Doc, format_docs
 from zerosearch.search.bm25 import BM25Engine
 
 

@@ -3,8 +3,8 @@ from typer.testing import CliRunner
 
 from tests.conftest import REPO, micro_overrides
 from zerosearch.cli import app
-from zerosearch.data.build import build_data
 from zerosearch.config import load_config
+from zerosearch.stages import data as data_stage
 
 
 def micro_params_file(tmp_path):
@@ -18,21 +18,22 @@ def micro_params_file(tmp_path):
 def test_help_lists_stages():
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for cmd in ("data", "base", "pipeline", "config", "world"):
+    for cmd in ("data", "base", "simulator_sft", "train", "evaluate", "pipeline", "config", "world"):
         assert cmd in result.output
-    for cmd in ("data", "base"):
+    # the stage commands carry the stage names; sft and eval are aliases
+    for cmd in ("data", "base", "simulator_sft", "sft", "evaluate", "eval"):
         sub = CliRunner().invoke(app, [cmd, "--help"])
-        assert "--params" in sub.output and "--set" in sub.output
+        assert sub.exit_code == 0 and "--params" in sub.output and "--set" in sub.output, cmd
 
 
 def test_world_show_prints_entities_docs_and_questions(tmp_path):
     params, cfg = micro_params_file(tmp_path)
-    build_data(cfg)
+    data_stage.run(cfg)
     result = CliRunner().invoke(app, ["world", "show", "--params", str(params), "--n", "2"])
     assert result.exit_code == 0, result.output
     assert "doc" in result.output and "train (150 questions)" in result.output
     assert "tiny_ood (30 questions)" in result.output
-    from zerosearch.base_models import load_world
+    from zerosearch.data.tinyworld import load_world
 
     world, _ = load_world(cfg.path("data"))
     name = world.of_type("city")[0].name
@@ -79,19 +80,22 @@ def test_serve_binds_the_host_given(tmp_path, monkeypatch):
     assert specs[-1].host == "127.0.0.1"
 
 
-def test_the_cli_turns_prefect_server_telemetry_off_unless_set(monkeypatch):
-    import importlib
-
-    import zerosearch.cli
-
-    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
-    importlib.reload(zerosearch.cli)
+def test_importing_the_flows_turns_prefect_server_telemetry_off_unless_set():
     import os
+    import subprocess
+    import sys
 
-    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
-    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")
-    importlib.reload(zerosearch.cli)
-    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"
+    code = "import flows, os; print(os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'])"
+
+    def value(**env):
+        base = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_ANALYTICS_ENABLED"}
+        out = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, env={**base, **env}, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert value() == "false"
+    assert value(PREFECT_SERVER_ANALYTICS_ENABLED="true") == "true"
 
 
 def test_experiment_prints_its_mlflow_runs_and_how_to_open_them(monkeypatch, tmp_path):

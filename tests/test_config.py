@@ -11,6 +11,7 @@ from zerosearch.config import ConfigError, apply_overrides, load_config
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted((REPO / "configs").rglob("*.yaml"))
 PRESETS = [p for p in PRESETS if "accelerate" not in p.parts]
+PAPER = sorted(p for p in (REPO / "configs" / "paper").glob("*.yaml") if p.name != "base.yaml")
 
 
 def write(tmp_path, data, name="bad.yaml"):
@@ -33,12 +34,12 @@ def test_params_and_every_preset_validate(path):
 
 
 def test_paper_presets_carry_the_papers_values():
-    names = {p.stem for p in (REPO / "configs" / "paper").glob("*.yaml")}
+    names = {p.stem for p in (REPO / "configs" / "paper").glob("*.yaml")} - {"base"}  # base: the shared overlay base
     assert names == {f"{a}-{m}-{s}" for a in ("grpo", "ppo", "reinforce")
                      for m in ("qwen2.5-3b", "llama3.2-3b") for s in ("sft", "prompt")} | {
         "grpo-qwen2.5-7b-sft", "grpo-qwen2.5-7b-prompt", "ppo-qwen2.5-7b-sft", "reinforce-qwen2.5-7b-sft",
         "grpo-qwen2.5-3b-instruct-sft"}
-    for path in (REPO / "configs" / "paper").glob("*.yaml"):  # the preset name is the file name
+    for path in PAPER:  # the preset name is the file name
         cfg = load_config(path)
         assert cfg.base.preset == path.stem and cfg.train.rollout_backend == "vllm"
     qwen7 = load_config(REPO / "configs/paper/grpo-qwen2.5-7b-sft.yaml")
@@ -144,3 +145,73 @@ def test_accelerate_configs_load(name):
     cfg = load_config_from_file(str(REPO / "configs" / "accelerate" / name))
     assert cfg.distributed_type == "DEEPSPEED" and cfg.mixed_precision == "bf16"
     assert cfg.deepspeed_config["zero_stage"] == int(name[-6])
+
+
+# Presets as overlays ---------------------------------------------------------------------------
+
+
+
+@pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
+def test_paper_presets_are_small_overlays_of_the_paper_base(path):
+    raw = yaml.safe_load(path.read_text())
+    assert raw["extends"] == "base.yaml"
+    keys = [k for k in _flat(raw) if k != "extends"]
+    assert "base.preset" in keys and len(keys) <= 12, keys  # only what differs from the base
+    assert load_config(path).base.preset == path.stem
+
+
+def _flat(d, prefix=""):
+    out = []
+    for k, v in d.items():
+        out += _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out
+
+
+def test_the_paper_base_and_params_yaml_are_complete_and_tiny_is_params_yaml():
+    for complete in (REPO / "params.yaml", REPO / "configs/paper/base.yaml"):
+        assert "extends" not in yaml.safe_load(complete.read_text())
+    assert load_config(REPO / "configs/tiny.yaml") == load_config(REPO / "params.yaml")
+
+
+def test_an_overlay_changes_only_what_it_names(tmp_path):
+    (tmp_path / "child.yaml").write_text(f"extends: {REPO / 'params.yaml'}\ntrain:\n  total_steps: 7\n"
+                                         "data:\n  benchmarks: [tiny_single]\n  in_domain: [tiny_single]\n")
+    child, parent = load_config(tmp_path / "child.yaml"), load_config(REPO / "params.yaml")
+    assert child.train.total_steps == 7 and child.data.benchmarks == ["tiny_single"]  # lists replace
+    assert child.train.lr == parent.train.lr and child.data.world == parent.data.world  # sections merge
+    grandchild = tmp_path / "sub" / "grandchild.yaml"
+    grandchild.parent.mkdir()
+    grandchild.write_text("extends: ../child.yaml\ntrain:\n  lr: 0.5\n")  # relative to its own directory
+    g = load_config(grandchild)
+    assert (g.train.total_steps, g.train.lr) == (7, 0.5)
+
+
+def test_an_overlays_unknown_key_names_the_overlay_file(tmp_path):
+    (tmp_path / "typo.yaml").write_text(f"extends: {REPO / 'params.yaml'}\ntrain:\n  totl_steps: 7\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml: unknown key train\.totl_steps"):
+        load_config(tmp_path / "typo.yaml")
+    (tmp_path / "flat.yaml").write_text(f"extends: {REPO / 'params.yaml'}\ntrain: 3\n")
+    with pytest.raises(ConfigError, match=r"flat\.yaml: train must be a section"):
+        load_config(tmp_path / "flat.yaml")
+
+
+def test_an_extends_cycle_or_a_missing_parent_is_an_error_naming_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: gone.yaml\n")
+    with pytest.raises(ConfigError, match=r"config file not found: .*gone\.yaml"):
+        load_config(tmp_path / "orphan.yaml")
+
+
+def test_config_show_prints_the_resolved_preset_as_a_complete_params_file(tmp_path):
+    result = CliRunner().invoke(app, ["config", "show", "--params", str(REPO / "configs/paper/ppo-qwen2.5-7b-sft.yaml"),
+                                      "--set", "train.total_steps=5"])
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.output)
+    assert "extends" not in shown and shown["train"]["algorithm"] == "ppo" and shown["train"]["total_steps"] == 5
+    assert shown["base"]["policy_model"] == "Qwen/Qwen2.5-7B"
+    (tmp_path / "params.yaml").write_text(result.output)  # usable as a complete params file
+    assert load_config(tmp_path / "params.yaml") == load_config(REPO / "configs/paper/ppo-qwen2.5-7b-sft.yaml",
+                                                                ["train.total_steps=5"])

@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("faiss")
 
-from zerosearch.search.base import Doc  # noqa: E402
+from zerosearch.protocol import Doc  # noqa: E402
 from zerosearch.search.dense import DenseEngine, default_model_path  # noqa: E402
 
 TOPICS = [

@@ -12,11 +12,10 @@ import sys
 from datetime import datetime, timezone
 
 import pytest
-import yaml
 
 from tests.conftest import REPO
-from zerosearch.config import ConfigError, load_config
-from zerosearch.experiments import (
+from zerosearch.config import ConfigError, load_config, read_params
+from zerosearch.mlops.experiments import (
     ExperimentFailed,
     dvc_exp_command,
     experiment_changes,
@@ -43,7 +42,7 @@ if os.environ.get("FAKE_DVC_FAIL"):
 print("Running stage 'evaluate':")
 git = lambda *a, input=None: subprocess.run(["git", *a], input=input, capture_output=True, text=True, check=True).stdout.strip()
 blob = git("hash-object", "-w", "--stdin", input=os.environ["FAKE_DVC_TABLE"])
-metrics = git("mktree", input=f"100644 blob {blob}\teval.json\n")
+metrics = git("mktree", input=f"100644 blob {blob}\tevaluate.json\n")
 root = git("mktree", input=f"040000 tree {metrics}\tmetrics\n")
 commit = git("commit-tree", root, "-m", "exp " + name)
 git("update-ref", f"refs/exps/ab/cdef0123/{name}", commit)
@@ -113,9 +112,9 @@ def test_run_experiment_streams_lines_and_reads_the_experiment_metrics(repo):
     assert result.ran == ["train", "evaluate"] and result.skipped == ["data"]
     assert "Running stage 'train':" in lines
     assert dvc_calls(repo)[0]["args"][-2:] == ["--set-param", 'train.algorithm="ppo"']
-    assert experiment_metrics("exp-a", "metrics/eval.json", repo) == TABLE
+    assert experiment_metrics("exp-a", "metrics/evaluate.json", repo) == TABLE
     with pytest.raises(LookupError, match="no DVC experiment named 'other'"):
-        experiment_metrics("other", "metrics/eval.json", repo)
+        experiment_metrics("other", "metrics/evaluate.json", repo)
 
 
 def test_a_failing_stage_is_named(repo, monkeypatch):
@@ -196,10 +195,11 @@ def test_deployment_carries_the_schedule_and_parameters_from_params(prefect_harn
 
 
 def test_every_preset_has_an_orchestration_section():
+    # presets are overlays: the section may come from the file they extend
     for path in [REPO / "params.yaml", *sorted((REPO / "configs").rglob("*.yaml"))]:
         if "accelerate" in path.parts:
             continue
-        raw = yaml.safe_load(path.read_text())
+        raw = read_params(path)
         assert set(raw["orchestration"]) == {"deployment", "cron", "timezone", "preset", "experiment_prefix"}, path
 
 
@@ -215,7 +215,7 @@ def test_systemd_units_run_existing_make_targets_against_one_server():
         unit.read(REPO / "configs/systemd" / f"{name}.service")
         units[name] = unit
         target = unit["Service"]["ExecStart"].split()[-1]
-        assert re.search(rf"^{target}:", makefile, re.M), f"{name}: no make target {target!r}"
+        assert re.search(rf"^{target}:", makefile, re.MULTILINE), f"{name}: no make target {target!r}"
         assert unit["Install"]["WantedBy"] == "default.target"
     deploy = units["zerosearch-deploy"]
     assert deploy["Unit"]["After"] == "zerosearch-prefect.service"

@@ -1,7 +1,7 @@
 import pytest
 
 from tests.conftest import micro_config
-from zerosearch.data.build import build_data
+from zerosearch.stages import data as data_stage
 from zerosearch.search.bm25 import BM25Engine
 from zerosearch.search.factory import make_engine, server_spec
 from zerosearch.search.hybrid import HybridEngine
@@ -10,7 +10,7 @@ from zerosearch.search.simulated import SimulatedEngine
 
 def test_make_engine_by_name(tmp_path):
     cfg = micro_config(tmp_path)
-    build_data(cfg)
+    data_stage.run(cfg)
     assert isinstance(make_engine(cfg, "bm25"), BM25Engine)
     sim = make_engine(cfg, "simulated", simulator_url="http://127.0.0.1:9/v1", total_steps=10)
     assert isinstance(sim, SimulatedEngine) and sim.total_steps == 10

@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from zerosearch.generation import HFGenerator, sample_categorical
-from zerosearch.models import left_pad, train_tokenizer
+from zerosearch.lm.generation import HFGenerator, sample_categorical
+from zerosearch.lm.models import left_pad, train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_sampling_is_seeded_and_respects_max_new_tokens(tok, model):
 
 
 def test_the_transformers_forward_step_gives_the_same_turns(tok, model):
-    from zerosearch.kv_forward import transformers_step
+    from zerosearch.lm.kv_forward import transformers_step
 
     gen = HFGenerator(model, tok, do_sample=False)
     gen.step = transformers_step(model)  # the step for models without the Llama layout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from zerosearch.search.base import Doc
+from zerosearch.protocol import Doc
 from zerosearch.search.hybrid import HybridEngine
 
 

@@ -13,7 +13,7 @@ from transformers import (
 )
 
 from zerosearch.config import LoraSection
-from zerosearch.kv_forward import (
+from zerosearch.lm.kv_forward import (
     KVBuffers,
     attention_mask,
     has_llama_layout,
@@ -22,7 +22,7 @@ from zerosearch.kv_forward import (
     step_function,
     transformers_step,
 )
-from zerosearch.models import with_lora
+from zerosearch.lm.models import with_lora
 
 VOCAB = 97
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from zerosearch.base_models import build_base
-from zerosearch.data.build import build_data
-from zerosearch.models import PROTOCOL_TAGS, resolve_model_path, train_tokenizer
-from zerosearch.sft import pack_examples, pack_texts
+from zerosearch.stages import base as base_stage
+from zerosearch.stages import data as data_stage
+from zerosearch.lm.models import PROTOCOL_TAGS, resolve_model_path, train_tokenizer
+from zerosearch.lm.supervised import pack_examples, pack_texts
 
 
 def test_tokenizer_keeps_protocol_tags_whole_and_has_chat_template():
@@ -39,8 +39,8 @@ def test_pack_examples_masks_untrained_segments():
 
 
 def test_base_stage_saves_models_that_load_with_auto_classes(micro_cfg):
-    build_data(micro_cfg)
-    stats = build_base(micro_cfg)
+    data_stage.run(micro_cfg)
+    stats = base_stage.run(micro_cfg)
     for name in ("policy", "simulator"):
         path = micro_cfg.path("models") / "base" / name
         assert (path / "model.safetensors").exists() and not list(path.glob("*.bin"))
@@ -64,8 +64,8 @@ def test_base_stage_is_deterministic(tmp_path):
     weights = []
     for run in ("a", "b"):
         cfg = micro_config(tmp_path / run)
-        build_data(cfg)
-        build_base(cfg)
+        data_stage.run(cfg)
+        base_stage.run(cfg)
         weights.append((cfg.path("models") / "base" / "policy" / "model.safetensors").read_bytes())
     assert weights[0] == weights[1]
 
@@ -91,4 +91,4 @@ def test_base_stage_for_hub_models_checks_paths(micro_cfg, tmp_path):
 
     cfg = micro_config(tmp_path, "tiny_models.build=false", f"base.policy_model={tmp_path}/nowhere/p")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        build_base(cfg)
+        base_stage.run(cfg)

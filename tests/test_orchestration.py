@@ -6,7 +6,10 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, micro_config, micro_overrides
-from zerosearch.tracking import MemoryTracker, flatten, stage_run, write_csv, write_json
+from zerosearch.atomic import write_csv, write_json
+from zerosearch.config import flatten
+from zerosearch.mlops.tracking import stage_run
+from zerosearch.tracker import MemoryTracker
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ def test_stage_flows_run_under_prefect_and_write_metrics(tmp_path, prefect_harne
 
     evaluation = ["eval.max_samples=3", f"eval.policy={tmp_path}/models/policy", "eval.registered_model=''"]
     result = evaluate_flow(str(REPO / "params.yaml"), overrides + train + evaluation)
-    assert json.loads((tmp_path / "metrics" / "eval.json").read_text()) == result["table"]
+    assert json.loads((tmp_path / "metrics" / "evaluate.json").read_text()) == result["table"]
     assert set(result["table"]) == {"direct", "rag", "base_agent", "agent"}
 
     async def latest_artifact():
@@ -57,7 +60,7 @@ def test_stage_flows_run_under_prefect_and_write_metrics(tmp_path, prefect_harne
 
     import asyncio
 
-    artifacts = [a for a in asyncio.run(latest_artifact()) if a.key == "eval-table"]
+    artifacts = [a for a in asyncio.run(latest_artifact()) if a.key == "evaluate-table"]
     assert artifacts and "| agent |" in artifacts[0].data
 
 
@@ -116,10 +119,9 @@ def test_dvc_yaml_declares_stages_with_existing_params():
     """Every params key a stage declares exists in params.yaml; outs are the configured paths."""
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    commands = {"data": "data", "base": "base", "simulator_sft": "sft", "train": "train", "evaluate": "eval"}
-    assert list(dvc["stages"]) == list(commands)
+    assert list(dvc["stages"]) == ["data", "base", "simulator_sft", "train", "evaluate"]
     for name, stage in dvc["stages"].items():
-        assert stage["cmd"] == f"python -m zerosearch.cli {commands[name]}"  # the run dir's code
+        assert stage["cmd"] == f"python -m flows.{name}"  # the stage's own flow, the run dir's code
         for key in stage["params"]:
             node = params
             for part in key.split("."):
@@ -136,3 +138,20 @@ def test_disabled_simulator_sft_stage_records_what_is_served(tmp_path, prefect_h
     assert stats == {"enabled": 0, "simulator_model": "org/sim"}
     assert "org/sim" in (tmp_path / "models" / "simulator_sft" / "SKIPPED.txt").read_text()
     assert json.loads((tmp_path / "metrics" / "simulator_sft.json").read_text()) == stats
+
+
+def test_a_stage_command_with_a_bad_params_file_fails_in_one_line_naming_the_key(tmp_path):
+    """What `dvc repro` runs (`python -m flows.<stage>`) validates params.yaml before any flow."""
+    import os
+    import subprocess
+    import sys
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["train"]["total_stepz"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ZEROSEARCH_TRACKING": "off"}
+    out = subprocess.run([sys.executable, "-m", "flows.train"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2
+    assert "train.total_stepz: unknown key" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "models").exists()

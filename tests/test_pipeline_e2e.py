@@ -91,11 +91,11 @@ def test_dvc_repro_builds_everything_then_has_nothing_to_do(reproduced):
     curve = (repo / "metrics" / "train_curve.csv").read_text().splitlines()
     assert curve[0].startswith("step,reward_mean") and len(curve) == 4
     # evaluate: the table for every method and benchmark, predictions, plots
-    table = json.loads((repo / "metrics" / "eval.json").read_text())
+    table = json.loads((repo / "metrics" / "evaluate.json").read_text())
     assert set(table) == {"direct", "rag", "base_agent", "agent"}
     assert all(0.0 <= table[m]["average"]["em"] <= 1.0 for m in table)
-    assert len((repo / "metrics" / "eval_predictions.jsonl").read_text().splitlines()) == 4 * 3 * 20
-    assert (repo / "metrics" / "eval_plots" / "train_curves.png").exists()
+    assert len((repo / "metrics" / "evaluate_predictions.jsonl").read_text().splitlines()) == 4 * 3 * 20
+    assert (repo / "metrics" / "evaluate_plots" / "train_curves.png").exists()
     second = run(["dvc", "repro"], repo, env)
     assert "didn't change" in second and "Running stage" not in second
     shown = run(["dvc", "metrics", "show", "--json"], repo, env)
@@ -140,8 +140,8 @@ def test_a_deployment_run_with_overrides_is_a_dvc_experiment_and_an_mlflow_run(r
 
     from flows.deploy import pipeline_deployment
     from zerosearch.config import load_config
-    from zerosearch.experiments import experiment_metrics
-    from zerosearch.tracking import experiment_runs
+    from zerosearch.mlops.experiments import experiment_metrics
+    from zerosearch.mlops.tracking import experiment_runs
 
     repo, env = reproduced
     run(["git", "add", "-A"], repo, env)  # what a user commits after `dvc repro`: dvc.lock, metrics
@@ -171,7 +171,7 @@ def test_a_deployment_run_with_overrides_is_a_dvc_experiment_and_an_mlflow_run(r
     assert finished.state.is_completed(), finished.state.message
     shown = run(["dvc", "exp", "show", "--json"], repo, env)
     assert "e2e-exp" in shown
-    table = experiment_metrics("e2e-exp", "metrics/eval.json", repo)
+    table = experiment_metrics("e2e-exp", "metrics/evaluate.json", repo)
     assert table["agent"]["tiny_single"]["n"] == 10  # the override reached the evaluate stage
     assert (repo / "params.yaml").read_text() == params_before  # --temp: the workspace is untouched
     runs = experiment_runs("e2e-exp", "zerosearch")

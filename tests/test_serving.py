@@ -236,7 +236,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from zerosearch.models import train_tokenizer
+    from zerosearch.lm.models import train_tokenizer
 
     path = tmp_path_factory.mktemp("tiny_sim") / "model"
     tok = train_tokenizer(["Doc 1: the capital of France is Paris.",

@@ -2,11 +2,12 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import micro_config
-from zerosearch.base_models import build_base
-from zerosearch.data.build import build_data
+from zerosearch.agent.rollout import RolloutSettings
 from zerosearch.data.schema import read_jsonl
 from zerosearch.search.simulated import sft_prompt
-from zerosearch.simulator_sft import balance, contains_answer, sft_example
+from zerosearch.stages import base as base_stage
+from zerosearch.stages import data as data_stage
+from zerosearch.stages.simulator_sft import balance, contains_answer, sft_example
 
 
 def test_contains_answer_whole_words_normalized():
@@ -51,17 +52,17 @@ class QueryPolicy:
 
 def test_collect_pairs_records_and_labels_every_search(tmp_path):
     cfg = micro_config(tmp_path)
-    build_data(cfg)
-    build_base(cfg)
+    data_stage.run(cfg)
+    base_stage.run(cfg)
     from zerosearch.data.schema import read_qa_parquet
-    from zerosearch.models import load_model
+    from zerosearch.lm.models import load_model
     from zerosearch.search.bm25 import BM25Engine
-    from zerosearch.simulator_sft import collect_pairs
+    from zerosearch.stages.simulator_sft import collect_pairs
 
     _, tok = load_model(cfg.base.policy_model)
     qs = read_qa_parquet(cfg.path("data") / "train.parquet")[:30]
     pairs = collect_pairs(QueryPolicy(tok), tok, BM25Engine.load(cfg.path("data") / "bm25"), qs,
-                          max_turns=3, max_response_tokens=64, max_obs_tokens=512, batch_size=8)
+                          RolloutSettings(max_turns=3, max_response_tokens=64, max_obs_tokens=512), batch_size=8)
     assert len(pairs) == 30  # one search per question
     assert [p["question"] for p in pairs] == [q["question"] for q in qs]
     assert {p["label"] for p in pairs} == {"useful", "noisy"}  # single-hop vs two-hop questions
@@ -71,16 +72,20 @@ def test_collect_pairs_records_and_labels_every_search(tmp_path):
 
 
 def test_stage_balances_holds_out_and_saves_a_loadable_simulator(tmp_path, monkeypatch):
-    import zerosearch.simulator_sft as stage
+    import zerosearch.stages.simulator_sft as stage
 
     cfg = micro_config(tmp_path)
-    build_data(cfg)
-    build_base(cfg)
+    data_stage.run(cfg)
+    base_stage.run(cfg)
     fake = [{"query": f"q{i}", "question": f"Q{i}?", "golden_answers": ["Velora"],
              "documents": [f"(T{i}) born in {'Velora' if i % 3 == 0 else 'Zand'}."],
              "label": "useful" if i % 3 == 0 else "noisy"} for i in range(60)]
-    monkeypatch.setattr(stage, "collect_pairs", lambda *a, **k: fake)
-    stats = stage.build_simulator_sft(cfg)
+    seen = []
+    monkeypatch.setattr(stage, "collect_pairs", lambda *a, **k: seen.append((a, k)) or fake)
+    stats = stage.run(cfg)
+    # the searches are collected under the training run's rollout settings (what RL will do)
+    (args, _), = seen
+    assert args[4] == RolloutSettings.from_config(cfg)
     out = cfg.path("models") / "simulator_sft"
     train, held = read_jsonl(out / "sft_train.jsonl"), read_jsonl(out / "sft_heldout.jsonl")
     assert stats["pairs_collected"] == 60 and stats["pairs_useful"] == 20
@@ -94,12 +99,12 @@ def test_stage_balances_holds_out_and_saves_a_loadable_simulator(tmp_path, monke
 
 def test_counterfactual_noisy_pairs_share_the_query_and_lack_the_answer(tmp_path):
     from zerosearch.search.bm25 import BM25Engine
-    from zerosearch.simulator_sft import counterfactual_noisy
+    from zerosearch.stages.simulator_sft import counterfactual_noisy
 
     cfg = micro_config(tmp_path)
-    build_data(cfg)
+    data_stage.run(cfg)
     engine = BM25Engine.load(cfg.path("data") / "bm25", top_k=3)
-    from zerosearch.base_models import load_world
+    from zerosearch.data.tinyworld import load_world
 
     world, _ = load_world(cfg.path("data"))
     person = world.of_type("person")[0]
@@ -129,8 +134,8 @@ def test_lora_finetune_trains_adapters_and_merges_back(tmp_path):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from zerosearch.config import LoraSection, PretrainRun
-    from zerosearch.models import train_tokenizer
-    from zerosearch.simulator_sft import finetune
+    from zerosearch.lm.models import train_tokenizer
+    from zerosearch.stages.simulator_sft import finetune
 
     tok = train_tokenizer(["Doc 1: (Velora) Velora is a city in Zandoria."] * 40, vocab_size=300)
     torch.manual_seed(0)
@@ -150,20 +155,20 @@ def test_lora_finetune_trains_adapters_and_merges_back(tmp_path):
 
 
 def test_demo_world_searches_are_labelled_and_never_held_out(tmp_path, monkeypatch):
-    import zerosearch.simulator_sft as stage
+    import zerosearch.stages.simulator_sft as stage
     from zerosearch.data.demos import demo_searches, demo_world
 
     world, _ = demo_world(0, 100)
     searches = demo_searches(world, 30, seed=0)
     assert len(searches) == 30 and all(s["query"] and s["golden_answers"] for s in searches)
     cfg = micro_config(tmp_path, "simulator_sft.demo_world_searches=200", "tiny_models.demo_entities=100")
-    build_data(cfg)
-    build_base(cfg)
+    data_stage.run(cfg)
+    base_stage.run(cfg)
     fake = [{"query": f"q{i}", "question": f"Q{i}?", "golden_answers": ["Velora"],
              "documents": [f"(T{i}) born in {'Velora' if i % 2 else 'Zand'}."],
              "label": "useful" if i % 2 else "noisy"} for i in range(40)]
     monkeypatch.setattr(stage, "collect_pairs", lambda *a, **k: fake)
-    stats = stage.build_simulator_sft(cfg)
+    stats = stage.run(cfg)
     out = cfg.path("models") / "simulator_sft"
     train, held = read_jsonl(out / "sft_train.jsonl"), read_jsonl(out / "sft_heldout.jsonl")
     assert stats["demo_world_pairs"] > 150

@@ -5,7 +5,7 @@ import pytest
 
 from tests.conftest import micro_config
 from zerosearch.data import tinyworld
-from zerosearch.data.build import build_data
+from zerosearch.stages import data as data_stage
 from zerosearch.data.schema import QA_COLUMNS, read_corpus, read_qa_parquet
 
 
@@ -15,8 +15,8 @@ def digest_tree(root):
 
 
 def test_same_seed_gives_byte_identical_files(tmp_path):
-    a = build_data(micro_config(tmp_path / "a"))
-    b = build_data(micro_config(tmp_path / "b"))
+    a = data_stage.run(micro_config(tmp_path / "a"))
+    b = data_stage.run(micro_config(tmp_path / "b"))
     assert a == b
     da, db = digest_tree(tmp_path / "a" / "data"), digest_tree(tmp_path / "b" / "data")
     assert da == db
@@ -28,12 +28,12 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
 
 
 def digest_tree_after(root, *overrides):
-    build_data(micro_config(root, *overrides))
+    data_stage.run(micro_config(root, *overrides))
     return digest_tree(root / "data")
 
 
 def test_split_sizes_schema_and_stats(micro_cfg):
-    stats = build_data(micro_cfg)
+    stats = data_stage.run(micro_cfg)
     data = micro_cfg.path("data")
     train = read_qa_parquet(data / "train.parquet")
     assert len(train) == stats["rows_train"] == 150
@@ -106,7 +106,7 @@ def test_too_small_world_is_a_clear_error():
 
 
 def test_world_json_round_trips(micro_cfg):
-    build_data(micro_cfg)
+    data_stage.run(micro_cfg)
     raw = json.loads((micro_cfg.path("data") / "world.json").read_text())
     world = tinyworld.World.from_json(raw["entities"])
     assert len(world.entities) == 120 and set(raw["roles"]) == {e.id for e in world.entities}

@@ -7,14 +7,14 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from zerosearch.tracking import mlflow_server, mlflow_server_command
+from zerosearch.mlops.server import mlflow_server, mlflow_server_command
 
 STEPS = 150
 
 LOGGER = """
 import sys
 from tests.conftest import micro_config
-from zerosearch.tracking import stage_run
+from zerosearch.mlops.tracking import stage_run
 stage, root = sys.argv[1], sys.argv[2]
 cfg = micro_config(__import__("pathlib").Path(root))
 with stage_run(stage, cfg, root + "/params.yaml") as tracker:

@@ -15,7 +15,7 @@ from zerosearch.data.schema import read_qa_parquet
 from zerosearch.rl.checkpoint import latest_checkpoint, list_checkpoints
 from zerosearch.rl.trainer import RLTrainer, token_log_probs
 from zerosearch.search.factory import make_engine
-from zerosearch.training import train_policy
+from zerosearch.stages import train as train_stage
 
 TRAIN = ["train.engine=bm25", "train.batch_prompts=2", "train.group_size=2", "train.mini_batch_size=2",
          "train.micro_batch_size=1", "train.total_steps=4", "train.save_every=2", "train.lr=0.001",
@@ -132,7 +132,7 @@ def test_experience_masks_only_policy_tokens_and_old_log_probs_match(micro_world
 
 def test_train_stage_writes_policy_curve_and_summary(micro_world, tmp_path):
     cfg = _cfg(micro_world, tmp_path, "train.total_steps=2")
-    summary = train_policy(cfg)
+    summary = train_stage.run(cfg)
     policy = AutoModelForCausalLM.from_pretrained(tmp_path / "models" / "policy")
     assert policy.config.model_type == "qwen2"
     lines = (tmp_path / "metrics" / "train_curve.csv").read_text().splitlines()
@@ -151,7 +151,7 @@ def test_one_update_raises_the_rewarded_trajectory_and_lowers_the_others(micro_w
     trainer.update(exp, step=0)
     with torch.no_grad():
         logp, _ = token_log_probs(trainer.m.policy, exp.input_ids, exp.attention_mask)
-    seq = lambda lp: (lp * exp.mask).sum(-1)  # noqa: E731
+    seq = lambda lp: (lp * exp.mask).sum(-1)
     delta = seq(logp) - seq(exp.old_log_probs)
     assert delta[0] > 0 and delta[3] > 0
     assert delta[1] < 0 and delta[2] < 0
@@ -192,16 +192,21 @@ def test_rollouts_use_the_chat_template_when_the_params_say_so(tmp_path, monkeyp
     """base.chat_prompt (instruct policies) reaches the rollout loop."""
     import types
 
+    from zerosearch.agent.rollout import RolloutSettings
     from zerosearch.rl import trainer as trainer_module
 
     seen = {}
-    monkeypatch.setattr(trainer_module, "run_rollouts", lambda *a, **kw: seen.update(kw) or "batch")
+    monkeypatch.setattr(trainer_module, "run_rollouts",
+                        lambda *a, **kw: seen.update(settings=a[5], step=kw["step"]) or "batch")
     rows = [{"question": "q", "golden_answers": ["a"]}] * 4
     acc = types.SimpleNamespace(process_index=0, num_processes=1, unwrap_model=lambda m: m)
     for flag in (False, True):
-        t = trainer_module.RLTrainer(micro_config(tmp_path, f"base.chat_prompt={str(flag).lower()}"), None, rows,
-                                     checkpoint_dir=tmp_path, accelerator=acc)
+        cfg = micro_config(tmp_path, f"base.chat_prompt={str(flag).lower()}")
+        t = trainer_module.RLTrainer(cfg, None, rows, checkpoint_dir=tmp_path, accelerator=acc)
         t.m = types.SimpleNamespace(policy=torch.nn.Linear(1, 1), tokenizer=None)
         monkeypatch.setattr(t, "generator", lambda policy: None)
-        t.rollout(0)
-        assert seen["chat"] is flag
+        t.rollout(3)
+        assert seen["settings"].chat is flag
+        # the whole rollout configuration comes from the config, and the step reaches the engine
+        assert seen["settings"] == RolloutSettings.from_config(cfg) and seen["step"] == 3
+        assert seen["settings"].max_context_tokens == cfg.train.max_prompt_tokens

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import REPO, micro_overrides
 from zerosearch.serving import free_port, start_process, stop_process_group, wait_healthy
-from zerosearch.tracking import mlflow_server
+from zerosearch.mlops.server import mlflow_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

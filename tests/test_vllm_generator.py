@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from zerosearch.models import train_tokenizer
-from zerosearch.rollout import run_rollouts
-from zerosearch.search.base import Doc
+from zerosearch.agent.rollout import RolloutSettings, run_rollouts
+from zerosearch.lm.models import train_tokenizer
+from zerosearch.protocol import Doc
 
 
 class FakeLLM:
@@ -58,12 +58,12 @@ class Engine:
 
 
 def test_rollouts_through_vllm_keep_the_masks_and_stop_tokens(tok, fake_vllm):
-    from zerosearch.vllm_generator import VLLMGenerator
+    from zerosearch.lm.vllm_generator import VLLMGenerator
 
     llm = FakeLLM(tok, ["<search> Kadmir </search>", "<answer> Velora </answer>"])
     gen = VLLMGenerator(llm, tok, temperature=0.8)
     batch = run_rollouts(gen, tok, Engine(), ["Where was Kadmir born?"] * 2, [["Velora"]] * 2,
-                         max_turns=3, max_response_tokens=16, max_obs_tokens=64)
+                         RolloutSettings(max_turns=3, max_response_tokens=16, max_obs_tokens=64))
     assert batch.answers == ["Velora", "Velora"] and batch.num_searches.tolist() == [1, 1]
     first_prompts, params = llm.calls[0]
     assert first_prompts[0]["prompt_token_ids"] == batch.trajectories[0].prompt_ids
@@ -80,7 +80,7 @@ def test_rollouts_through_vllm_keep_the_masks_and_stop_tokens(tok, fake_vllm):
 
 
 def test_sync_weights_loads_every_policy_tensor_and_resets_the_prefix_cache(tok, fake_vllm):
-    from zerosearch.vllm_generator import VLLMGenerator
+    from zerosearch.lm.vllm_generator import VLLMGenerator
 
     policy = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
                                           num_attention_heads=2, num_key_value_heads=1, intermediate_size=32))
@@ -93,8 +93,8 @@ def test_sync_weights_loads_every_policy_tensor_and_resets_the_prefix_cache(tok,
 
 def test_lora_policies_are_merged_with_checkpoint_names(tok, fake_vllm):
     from zerosearch.config import LoraSection
-    from zerosearch.models import with_lora
-    from zerosearch.vllm_generator import policy_weights
+    from zerosearch.lm.models import with_lora
+    from zerosearch.lm.vllm_generator import policy_weights
 
     base = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
                                         num_attention_heads=2, num_key_value_heads=1, intermediate_size=32))

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from zerosearch.search import web
-from zerosearch.search.base import Doc
+from zerosearch.protocol import Doc
 from zerosearch.search.web import SERPER_URL, WebSearchEngine, WebSearchError
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "serper_response.json").read_text())

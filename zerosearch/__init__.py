@@ -1,3 +1,3 @@
 """zerosearch: train a search agent against a simulated search engine (ZeroSearch)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -8,7 +8,6 @@ Every stage command takes ``--params FILE`` (a preset is a params file) and repe
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -23,13 +22,9 @@ from rich.table import Table
 
 from zerosearch.config import Config, ConfigError, load_config
 
-# Prefect's temporary local server (flows run without PREFECT_API_URL) would try to send
-# telemetry and log an ERROR when offline; the Makefile sets the same default.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
 app = typer.Typer(
     help="ZeroSearch: train a search agent against a simulated search engine.\n\n"
-    "Stages: data -> base -> sft -> train -> eval; `dvc repro` runs them all; `zerosearch ask` queries the agent. "
+    "Stages: data -> base -> simulator_sft -> train -> evaluate (aliases: sft, eval); `dvc repro` runs them all; `zerosearch ask` queries the agent. "
     "`zerosearch serve` serves the simulator. `zerosearch experiment` runs a DVC experiment, `zerosearch deploy` "
     "schedules them, `zerosearch ui` starts the MLflow UI.",
     no_args_is_help=True,
@@ -84,13 +79,16 @@ def base(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
     _print_stats("base stage", base_flow(str(params), set or []))
 
 
-@app.command()
-def sft(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
+@app.command("simulator_sft")
+def simulator_sft(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
     """Simulator SFT stage: label base-policy searches useful/noisy, fine-tune the simulator."""
     _config(params, set)
     from flows.simulator_sft import simulator_sft_flow
 
-    _print_stats("simulator SFT stage", simulator_sft_flow(str(params), set or []))
+    _print_stats("simulator_sft stage", simulator_sft_flow(str(params), set or []))
+
+
+app.command("sft", help="Alias of simulator_sft.")(simulator_sft)
 
 
 @app.command()
@@ -113,9 +111,9 @@ def train(
         raise typer.Exit(2) from None
 
 
-@app.command("eval")
-def eval_(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
-    """Evaluate stage: every benchmark x method (direct, RAG, base agent, trained agent); writes metrics/eval.json."""
+@app.command("evaluate")
+def evaluate(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
+    """Evaluate stage: every benchmark x method (direct, RAG, base agent, trained agent); writes metrics/evaluate.json."""
     cfg = _config(params, set)
     from flows.evaluate import evaluate_flow
 
@@ -124,6 +122,9 @@ def eval_(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
     console.print(result["markdown"], highlight=False)
     if result["registered_model"]:
         console.print(f"\nregistered: {result['registered_model']}")
+
+
+app.command("eval", help="Alias of evaluate.")(evaluate)
 
 
 @app.command()
@@ -139,14 +140,18 @@ def ask(
 ) -> None:
     """Ask the search agent a question; prints its searches, the documents and the answer."""
     cfg = _config(params, set)
-    from zerosearch.agent import Agent
+    from zerosearch.agent.ask import Agent
+    from zerosearch.agent.rollout import RolloutSettings
     from zerosearch.search.factory import open_engine
 
-    t = cfg.train
+    ref = policy or cfg.eval.policy
     with open_engine(cfg, engine or cfg.eval.engine) as eng:
         try:
-            agent = Agent.load(policy or cfg.eval.policy, eng, max_turns=t.max_turns,
-                               max_response_tokens=t.max_response_tokens, max_obs_tokens=t.max_obs_tokens)
+            if ref.startswith("models:/"):
+                from zerosearch.mlops.registry import resolve_policy
+
+                ref = resolve_policy(ref)
+            agent = Agent.load(ref, eng, RolloutSettings.from_config(cfg), trust_remote_code=cfg.base.trust_remote_code)
         except (OSError, FileNotFoundError) as e:
             err.print(f"[red]error:[/red] cannot load policy {policy or cfg.eval.policy!r}: {e}", highlight=False)
             raise typer.Exit(2) from None
@@ -224,8 +229,8 @@ def experiment(
     """Run the pipeline as a DVC experiment (`dvc exp run`) through the Prefect `pipeline` flow:
     the same thing a UI-triggered or scheduled run does. Compare with `dvc exp show`."""
     from flows.pipeline import pipeline_flow
-    from zerosearch.experiments import ExperimentFailed
-    from zerosearch.tracking import tracking_uri
+    from zerosearch.mlops.experiments import ExperimentFailed
+    from zerosearch.mlops.tracking import tracking_uri
 
     try:
         out = pipeline_flow(preset, set or [], name, temp=not workspace)
@@ -265,7 +270,7 @@ def ui(
     """Start the MLflow tracking server and UI over ./mlflow.db (one writer for every process).
     Then log to it: export MLFLOW_TRACKING_URI=http://127.0.0.1:5000 (the Prefect UI is
     `prefect server start`, port 4200)."""
-    from zerosearch.tracking import mlflow_server_command
+    from zerosearch.mlops.server import mlflow_server_command
 
     cmd = mlflow_server_command(Path("."), host, port)
     console.print(f"MLflow UI on http://{host}:{port}  (export MLFLOW_TRACKING_URI=http://{host}:{port})")
@@ -288,8 +293,9 @@ def config_validate(files: Annotated[list[Path], typer.Argument(help="Params fil
 
 @config_app.command("show")
 def config_show(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
-    """Print the validated config with overrides applied."""
-    console.print(yaml.safe_dump(_config(params, set).model_dump(), sort_keys=False), highlight=False)
+    """Print the resolved, validated config (``extends`` applied, then overrides) as YAML.
+    Redirect it to make a complete params file: `zerosearch config show -p configs/paper/X.yaml > params.yaml`."""
+    typer.echo(yaml.safe_dump(_config(params, set).model_dump(), sort_keys=False), nl=False)
 
 
 @world_app.command("show")
@@ -300,8 +306,8 @@ def world_show(
     seed: Annotated[int, typer.Option(help="Which random sample to show.")] = 0,
 ) -> None:
     """Show a sample of the world: entities, their documents and questions per split."""
-    from zerosearch.base_models import load_world
     from zerosearch.data.schema import read_corpus, read_qa_parquet
+    from zerosearch.data.tinyworld import load_world
 
     cfg = _config(params, None)
     data_dir = cfg.path("data")

@@ -1,14 +1,19 @@
 """Typed configuration: one pydantic schema for ``params.yaml`` and every ``configs/*.yaml``.
 
-A preset is a complete params file: the schema has no defaults, so every value an experiment
-uses is written in its params file (``params.yaml`` is the one source of truth). ``load_config(path, overrides)`` reads the YAML, applies
-``dotted.key=value`` overrides (values parsed as YAML), and validates: an unknown key, a
+The schema has no defaults: every value an experiment uses is written in a params file.
+``params.yaml`` (the tiny world, what DVC reads) is complete; a preset is an *overlay*: it
+names the file it ``extends`` and holds only what differs (the paper presets extend
+``configs/paper/base.yaml``, which is complete). ``load_config(path, overrides)`` resolves the
+``extends`` chain, applies ``dotted.key=value`` overrides (values parsed as YAML), and
+validates: an unknown key (in an overlay: named with its file), a cycle of ``extends``, a
 wrong type or an out-of-range value raises ``ConfigError`` naming the key and the file.
 The field docs live as comments in ``params.yaml``; this module holds types and bounds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -237,11 +242,11 @@ class OrchestrationSection(_Section):
     @model_validator(mode="after")
     def _cron_parses(self) -> OrchestrationSection:
         if self.cron:
-            from prefect.schedules import validate_cron_string
+            from cronsim import CronSim, CronSimError
 
             try:
-                validate_cron_string(self.cron)
-            except ValueError:
+                CronSim(self.cron, datetime.now())
+            except CronSimError:
                 raise ValueError(f"cron {self.cron!r} is not a valid cron expression (e.g. '0 3 * * 1')") from None
         return self
 
@@ -267,6 +272,18 @@ class Config(_Section):
         if self.simulator_sft.enabled:
             return str(self.path("models") / "simulator_sft")
         return self.base.simulator_model
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: a config as the dotted keys overrides use."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -310,14 +327,64 @@ def validate_config(raw: dict[str, Any], source: str = "<dict>") -> Config:
         raise ConfigError(_format_errors(e, source)) from None
 
 
-def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
-    """Read, override and validate a params file."""
-    path = Path(path)
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return raw
+
+
+def _check_keys(raw: Mapping[str, Any], model: type[BaseModel], path: Path, prefix: str = "") -> None:
+    """Every key of an overlay must be a field of the schema (at its depth): a misspelt key in
+    a preset is an error naming the preset file, not a silent no-op."""
+    for key, value in raw.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            raise ConfigError(f"{path}: unknown key {prefix}{key} (known here: {', '.join(model.model_fields)})")
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{path}: {prefix}{key} must be a section (a mapping), got {value!r}")
+            _check_keys(value, sub, path, f"{prefix}{key}.")
+
+
+def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """``overlay`` on ``base``: sections merge key by key, any other value (lists too) replaces."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_params(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw mapping of a params file with its ``extends`` chain applied.
+
+    A preset may start with ``extends: <file>`` (relative to the preset's own directory) and
+    hold only what differs from that file; the chain is resolved base first. An overlay's
+    unknown key, or a cycle of ``extends``, is a ConfigError naming the file."""
+    path = Path(path)
+    here = path.resolve()
+    if here in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, here))
+        raise ConfigError(f"{path}: `extends` forms a cycle: {cycle}")
+    raw = _read_yaml(path)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"{path}: `extends` must name a params file, got {parent!r}")
+    _check_keys(raw, Config, path)
+    base = read_params(path.parent / parent, (*_chain, here))
+    return _merge(base, raw)
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
+    """Read a params file (resolving ``extends``), apply overrides, validate."""
+    raw = read_params(path)
     source = str(path) + (f" (with overrides {overrides})" if overrides else "")
     return validate_config(apply_overrides(raw, overrides or [], source), source)

@@ -13,11 +13,23 @@ from __future__ import annotations
 
 import random
 
-from zerosearch.data.tinyworld import (RELATION_QUERY_WORDS, SINGLE_HOP, TWO_HOP, Entity, Template, World,
-                                       build_corpus, build_world)
-from zerosearch.prompts import INVALID_ACTION, information_block, policy_prompt
-from zerosearch.search.base import SearchEngine
-from zerosearch.sft import Segment
+from zerosearch.data.tinyworld import (
+    RELATION_QUERY_WORDS,
+    SINGLE_HOP,
+    TWO_HOP,
+    Entity,
+    Template,
+    World,
+    build_corpus,
+    build_world,
+)
+from zerosearch.protocol import (
+    INVALID_ACTION,
+    SearchEngine,
+    Segment,
+    information_block,
+    policy_prompt,
+)
 
 _QUERY_FORMS = ["{s} {r}", "{r} of {s}", "{s} {r}", "{s}"]
 

@@ -16,8 +16,10 @@ Same seed and sizes -> byte-identical files.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr",
@@ -313,3 +315,9 @@ def generate(seed: int, n_entities: int, n_train: int, n_test: int, test_fractio
         "tiny_ood": sample_questions(world, subjects["test"], OOD, n_test, rng, "ood"),
     }
     return {"world": world, "corpus": corpus, "splits": splits, "roles": role}
+
+
+def load_world(data_dir: str | Path) -> tuple[World, dict[str, str]]:
+    """The world the data stage wrote (``<data_dir>/world.json``) and each entity's subject role."""
+    raw = json.loads((Path(data_dir) / "world.json").read_text(encoding="utf-8"))
+    return World.from_json(raw["entities"]), raw["roles"]

@@ -3,7 +3,7 @@
 One training step:
 
 1. sample ``batch_prompts`` training questions (seeded by the step) and roll each out
-   ``group_size`` times with the policy (``zerosearch.rollout``), the engine answering
+   ``group_size`` times with the policy (``zerosearch.agent.rollout``), the engine answering
    every search with the step number (the simulator's curriculum reads it);
 2. score the final answers with the outcome reward (F1 or EM, by name);
 3. compute, without gradients, the behaviour log-probs, the reference log-probs (for the KL
@@ -36,8 +36,8 @@ the main process's share; REINFORCE++'s batch normalization is per process.
 ``train.mixed_precision`` (``auto``: bf16 on CUDA) and ``base.attn_implementation`` (``auto``:
 flash-attn when installed) apply there.
 
-Rollouts come from ``train.rollout_backend``: ``hf`` (``zerosearch.generation.HFGenerator``, a
-new one per step over the current weights) or ``vllm`` (``zerosearch.vllm_generator``: one
+Rollouts come from ``train.rollout_backend``: ``hf`` (``zerosearch.lm.generation.HFGenerator``, a
+new one per step over the current weights) or ``vllm`` (``zerosearch.lm.vllm_generator``: one
 engine for the run, the policy's weights loaded into it before every rollout).
 """
 
@@ -55,8 +55,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from zerosearch.agent.rollout import RolloutBatch, RolloutSettings, run_rollouts
 from zerosearch.config import Config
-from zerosearch.generation import HFGenerator
+from zerosearch.lm.generation import HFGenerator
+from zerosearch.protocol import SearchEngine
 from zerosearch.rewards import exact_match, get_reward
 from zerosearch.rl.algorithms import (
     aggregate,
@@ -74,9 +76,7 @@ from zerosearch.rl.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from zerosearch.rollout import RolloutBatch, run_rollouts
-from zerosearch.search.base import SearchEngine
-from zerosearch.tracking import NullTracker
+from zerosearch.tracker import NullTracker, Tracker
 
 
 def resolve_mixed_precision(value: str) -> str:
@@ -190,7 +190,7 @@ class RLTrainer:
     """
 
     def __init__(self, cfg: Config, engine: SearchEngine, train_rows: Sequence[dict], *,
-                 checkpoint_dir: str | Path, tracker: NullTracker = NullTracker(),
+                 checkpoint_dir: str | Path, tracker: Tracker = NullTracker(),
                  on_step: Callable[[int, dict[str, float]], None] | None = None, accelerator=None):
         from accelerate import Accelerator
 
@@ -201,6 +201,7 @@ class RLTrainer:
             raise ValueError("no training questions")
         self.checkpoint_dir = Path(checkpoint_dir)
         self.tracker, self.on_step = tracker, on_step
+        self.rollout_settings = RolloutSettings.from_config(cfg)
         self.accelerator = accelerator or Accelerator(mixed_precision=resolve_mixed_precision(self.t.mixed_precision))
         self.reward_fn = get_reward(self.t.reward)
         self.history: list[dict[str, float]] = []
@@ -246,7 +247,7 @@ class RLTrainer:
                              f"the {n} processes makes (batch_prompts / processes x group_size)")
 
     def _build_models(self, ckpt: Path | None) -> Models:
-        from zerosearch.models import load_model
+        from zerosearch.lm.models import load_model
 
         t, base = self.t, self.cfg.base
         trust = base.trust_remote_code
@@ -283,7 +284,7 @@ class RLTrainer:
     def _with_lora(self, policy, ckpt: Path | None):
         from peft import PeftModel
 
-        from zerosearch.models import with_lora
+        from zerosearch.lm.models import with_lora
 
         if ckpt is not None:
             return PeftModel.from_pretrained(policy, ckpt / "policy", is_trainable=True)
@@ -304,7 +305,7 @@ class RLTrainer:
     def fit(self, resume: bool = False) -> list[dict[str, float]]:
         """Run from the first step not yet done to ``total_steps``; returns the metric history."""
         start = self.setup(resume)
-        from zerosearch.sft import progress_bar
+        from zerosearch.lm.supervised import progress_bar
 
         with progress_bar() as bar:
             task = bar.add_task(f"train {self.t.algorithm}", total=self.t.total_steps, completed=start, info="")
@@ -336,9 +337,7 @@ class RLTrainer:
         policy = self.accelerator.unwrap_model(self.m.policy)
         policy.eval()
         batch = run_rollouts(self.generator(policy), self.m.tokenizer, self.engine, [rows[i]["question"] for i in group],
-                             [rows[i]["golden_answers"] for i in group], max_turns=t.max_turns,
-                             max_response_tokens=t.max_response_tokens, max_obs_tokens=t.max_obs_tokens, step=step,
-                             max_context_tokens=t.max_prompt_tokens, chat=self.cfg.base.chat_prompt)
+                             [rows[i]["golden_answers"] for i in group], self.rollout_settings, step=step)
         return batch, group
 
     def generator(self, policy):
@@ -347,7 +346,7 @@ class RLTrainer:
         if t.rollout_backend == "hf":
             return HFGenerator(policy, self.m.tokenizer, temperature=t.temperature)
         if self._vllm is None:
-            from zerosearch.vllm_generator import VLLMGenerator
+            from zerosearch.lm.vllm_generator import VLLMGenerator
 
             plugin = self.accelerator.state.deepspeed_plugin
             if plugin is not None and plugin.zero_stage == 3:

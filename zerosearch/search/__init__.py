@@ -1,5 +1,2 @@
-"""Search engines behind one batched protocol, so rollouts and evaluation can swap them."""
-
-from zerosearch.search.base import Doc, SearchEngine, format_docs
-
-__all__ = ["Doc", "SearchEngine", "format_docs"]
+"""Search engines behind the batched ``zerosearch.protocol.SearchEngine`` interface: real ones
+(BM25, dense, web), the LLM simulator with its curriculum, hybrids, and the factory."""

@@ -10,7 +10,7 @@ import bm25s
 
 from zerosearch.atomic import atomic_path
 from zerosearch.data.schema import read_corpus, write_jsonl
-from zerosearch.search.base import Doc
+from zerosearch.protocol import Doc
 
 _DOCS_FILE = "docs.jsonl"
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every empty query at INFO

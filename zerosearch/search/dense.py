@@ -16,7 +16,7 @@ from typing import Any
 
 from zerosearch.atomic import atomic_path
 from zerosearch.data.schema import read_corpus, write_jsonl
-from zerosearch.search.base import Doc
+from zerosearch.protocol import Doc
 
 _DOCS_FILE = "docs.jsonl"
 _INDEX_FILE = "index.faiss"

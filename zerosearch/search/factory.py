@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from zerosearch.config import Config
-from zerosearch.search.base import SearchEngine
+from zerosearch.protocol import SearchEngine
 
 ENGINES = ("bm25", "simulated", "hybrid", "dense", "web")
 

@@ -16,7 +16,7 @@ import random
 from collections.abc import Sequence
 from typing import TypeVar
 
-from zerosearch.search.base import Doc, SearchEngine
+from zerosearch.protocol import Doc, SearchEngine
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from zerosearch.models import left_pad
+from zerosearch.lm.models import left_pad
 
 
 class LocalCompleter:

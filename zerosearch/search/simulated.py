@@ -21,7 +21,7 @@ import logging
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
-from zerosearch.search.base import Doc
+from zerosearch.protocol import Doc
 from zerosearch.search.curriculum import noise_probability, noisy_flags
 from zerosearch.search.simulator_output import parse_documents
 

@@ -17,7 +17,7 @@ from typing import Literal
 
 import httpx
 
-from zerosearch.search.base import Doc
+from zerosearch.protocol import Doc
 
 SERPER_URL = "https://google.serper.dev/search"
 _PROVIDERS = {"serper": "Serper"}

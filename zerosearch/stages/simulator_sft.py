@@ -1,6 +1,7 @@
 """The simulator SFT stage: teach the simulator to write useful or noisy documents on request.
 
-Run it with ``zerosearch sft`` (or ``dvc repro simulator_sft``). As in the paper:
+Run it with ``zerosearch simulator_sft`` (alias ``sft``; or ``dvc repro simulator_sft``);
+``run(cfg, tracker)`` is the stage. As in the paper:
 1. roll out the base policy against the *real* engine (BM25 over the corpus) on training
    questions and record every (query, returned documents) pair with its question and gold
    answers;
@@ -26,19 +27,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from zerosearch.base_models import save_atomically
+from zerosearch.agent.rollout import Generator, RolloutSettings, run_rollouts
+from zerosearch.atomic import write_csv
 from zerosearch.config import Config, LoraSection, PretrainRun
 from zerosearch.data.demos import demo_searches, demo_world
 from zerosearch.data.schema import read_jsonl, read_qa_parquet, write_jsonl
-from zerosearch.generation import HFGenerator
-from zerosearch.models import load_model, with_lora
+from zerosearch.lm.generation import HFGenerator
+from zerosearch.lm.models import load_model, save_model, with_lora
+from zerosearch.lm.supervised import pack_examples, train_causal_lm
+from zerosearch.protocol import Doc, SearchEngine, Segment, format_docs
 from zerosearch.rewards import normalize_answer
-from zerosearch.rollout import Generator, run_rollouts
-from zerosearch.search.base import Doc, SearchEngine, format_docs
 from zerosearch.search.bm25 import BM25Engine
 from zerosearch.search.simulated import sft_prompt
-from zerosearch.sft import Segment, pack_examples, train_causal_lm
-from zerosearch.tracking import NullTracker, write_csv
+from zerosearch.tracker import NullTracker, Tracker
 
 
 class RecordingEngine:
@@ -61,15 +62,15 @@ def contains_answer(texts: Sequence[str], golden_answers: Sequence[str]) -> bool
     return any(f" {normalize_answer(g)} " in p for g in golden_answers if normalize_answer(g) for p in padded)
 
 
-def collect_pairs(generator: Generator, tokenizer, engine: SearchEngine, questions: list[dict], *,
-                  max_turns: int, max_response_tokens: int, max_obs_tokens: int, batch_size: int = 64) -> list[dict]:
-    """Roll out the policy on ``questions`` with ``engine``; label each recorded search."""
+def collect_pairs(generator: Generator, tokenizer, engine: SearchEngine, questions: list[dict],
+                  settings: RolloutSettings, *, batch_size: int = 64) -> list[dict]:
+    """Roll out the policy on ``questions`` with ``engine`` under the training run's
+    ``settings`` (so the searches are the ones RL will make); label each recorded search."""
     recorder = RecordingEngine(engine)
     for i in range(0, len(questions), batch_size):
         chunk = questions[i : i + batch_size]
         run_rollouts(generator, tokenizer, recorder, [q["question"] for q in chunk],
-                     [q["golden_answers"] for q in chunk], max_turns=max_turns,
-                     max_response_tokens=max_response_tokens, max_obs_tokens=max_obs_tokens)
+                     [q["golden_answers"] for q in chunk], settings)
     pairs = [r for r in recorder.records if r["query"].strip() and r["documents"]]
     for r in pairs:
         r["label"] = "useful" if contains_answer(r["documents"], r["golden_answers"]) else "noisy"
@@ -138,7 +139,7 @@ def label_searches(searches: list[dict], engine: SearchEngine) -> list[dict]:
     return pairs
 
 
-def build_simulator_sft(cfg: Config, tracker: NullTracker = NullTracker()) -> dict[str, Any]:
+def run(cfg: Config, tracker: Tracker = NullTracker()) -> dict[str, Any]:
     """The whole stage; returns its stats."""
     s, out = cfg.simulator_sft, cfg.path("models") / "simulator_sft"
     t0 = time.perf_counter()
@@ -147,8 +148,7 @@ def build_simulator_sft(cfg: Config, tracker: NullTracker = NullTracker()) -> di
     engine = BM25Engine.load(cfg.path("data") / "bm25", top_k=cfg.search.top_k)
     policy, tok = load_model(cfg.base.policy_model)
     pairs = collect_pairs(HFGenerator(policy, tok, temperature=s.collect_temperature), tok, engine,
-                          questions[: s.n_questions], max_turns=cfg.train.max_turns,
-                          max_response_tokens=cfg.train.max_response_tokens, max_obs_tokens=cfg.train.max_obs_tokens)
+                          questions[: s.n_questions], RolloutSettings.from_config(cfg))
     counterfactual = counterfactual_noisy(pairs, engine, cfg.search.top_k)
     demo = []
     if s.demo_world_searches:
@@ -176,7 +176,7 @@ def build_simulator_sft(cfg: Config, tracker: NullTracker = NullTracker()) -> di
 
     simulator, losses = finetune(simulator, sim_tok, [sft_example(p) for p in train], s.train, s.lora,
                                  cfg.base.seed, on_step)
-    save_atomically(simulator, sim_tok, out)
+    save_model(simulator, sim_tok, out)
     write_jsonl(train, out / "sft_train.jsonl")
     write_jsonl(heldout, out / "sft_heldout.jsonl")
     write_csv(curve, cfg.path("metrics") / "simulator_sft_loss.csv")

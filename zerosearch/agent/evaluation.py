@@ -5,7 +5,7 @@ Methods (rows of the paper's Table 1, in miniature):
 - ``direct``: the model answers without searching (its response starts with ``<answer>``).
 - ``rag``: the question is retrieved once (top-k), the documents are given in an
   ``<information>`` block, and the model writes one turn (thinks, answers).
-- ``base_agent`` / ``agent``: the multi-turn search loop (``zerosearch.rollout``) with the base
+- ``base_agent`` / ``agent``: the multi-turn search loop (``zerosearch.agent.rollout``) with the base
   and the trained policy.
 
 ``predict_*`` return one record per question (question, gold, prediction, EM, F1, searches,
@@ -20,11 +20,15 @@ from typing import Any
 
 import torch
 
-from zerosearch.generation import HFGenerator
-from zerosearch.prompts import information_block, policy_prompt
+from zerosearch.agent.rollout import RolloutSettings, run_rollouts
+from zerosearch.lm.generation import HFGenerator
+from zerosearch.protocol import (
+    SearchEngine,
+    information_block,
+    parse_action,
+    policy_prompt,
+)
 from zerosearch.rewards import exact_match, f1_score
-from zerosearch.rollout import parse_action, run_rollouts
-from zerosearch.search.base import SearchEngine
 
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 
@@ -42,9 +46,8 @@ def _batches(rows: Sequence[dict], size: int):
         yield rows[start:start + size]
 
 
-def predict_agent(model, tokenizer, engine: SearchEngine, rows: Sequence[dict], *, max_turns: int,
-                  max_response_tokens: int, max_obs_tokens: int, max_context_tokens: int | None = None,
-                  batch_size: int = 64, chat: bool = False) -> list[dict]:
+def predict_agent(model, tokenizer, engine: SearchEngine, rows: Sequence[dict], settings: RolloutSettings, *,
+                  batch_size: int = 64) -> list[dict]:
     """The search agent, greedy: one record per row."""
     generator = HFGenerator(model, tokenizer, do_sample=False)
     model.eval()
@@ -52,9 +55,7 @@ def predict_agent(model, tokenizer, engine: SearchEngine, rows: Sequence[dict], 
     with torch.no_grad():
         for chunk in _batches(rows, batch_size):
             batch = run_rollouts(generator, tokenizer, engine, [r["question"] for r in chunk],
-                                 [r["golden_answers"] for r in chunk], max_turns=max_turns,
-                                 max_response_tokens=max_response_tokens, max_obs_tokens=max_obs_tokens,
-                                 max_context_tokens=max_context_tokens, chat=chat)
+                                 [r["golden_answers"] for r in chunk], settings)
             for row, t in zip(chunk, batch.trajectories, strict=True):
                 records.append(_record(row, t.answer, tokenizer.decode(t.response_ids, skip_special_tokens=False),
                                        searches=t.searches, invalid=t.invalid_actions, turns=t.turns))
@@ -77,21 +78,23 @@ def _answer_text(continuation: str) -> str | None:
     return text.strip() or None
 
 
-def predict_direct(model, tokenizer, rows: Sequence[dict], *, max_response_tokens: int, batch_size: int = 64,
-                   chat: bool = False) -> list[dict]:
-    """Answer without searching: the response is forced to start with ``<answer>``."""
+def predict_direct(model, tokenizer, rows: Sequence[dict], settings: RolloutSettings, *,
+                   batch_size: int = 64) -> list[dict]:
+    """Answer without searching: the response is forced to start with ``<answer>`` (the
+    prompt and answer length of ``settings``)."""
     model.eval()
     records = []
     with torch.no_grad():
         for chunk in _batches(rows, batch_size):
-            contexts = [policy_prompt(r["question"], tokenizer, chat=chat) + ANSWER_OPEN for r in chunk]
-            for row, out in zip(chunk, _forced_answers(model, tokenizer, contexts, max_response_tokens), strict=True):
+            contexts = [policy_prompt(r["question"], tokenizer, chat=settings.chat) + ANSWER_OPEN for r in chunk]
+            outs = _forced_answers(model, tokenizer, contexts, settings.max_response_tokens)
+            for row, out in zip(chunk, outs, strict=True):
                 records.append(_record(row, _answer_text(out), ANSWER_OPEN + out))
     return records
 
 
-def predict_rag(model, tokenizer, engine: SearchEngine, rows: Sequence[dict], *, max_response_tokens: int,
-                max_obs_tokens: int, batch_size: int = 64, chat: bool = False) -> list[dict]:
+def predict_rag(model, tokenizer, engine: SearchEngine, rows: Sequence[dict], settings: RolloutSettings, *,
+                batch_size: int = 64) -> list[dict]:
     """Retrieve once with the question as the query, put the documents in an ``<information>``
     block after the prompt, and let the model write one turn: its ``<answer>`` is the
     prediction (a search instead gets nothing: retrieval happened once)."""
@@ -102,11 +105,11 @@ def predict_rag(model, tokenizer, engine: SearchEngine, rows: Sequence[dict], *,
         for chunk in _batches(rows, batch_size):
             docs = engine.search([r["question"] for r in chunk], questions=[r["question"] for r in chunk],
                                  answers=[r["golden_answers"] for r in chunk], step=0)
-            blocks = [_truncate(information_block(d), tokenizer, max_obs_tokens) for d in docs]
-            contexts = [tokenizer(policy_prompt(r["question"], tokenizer, chat=chat) + b,
+            blocks = [_truncate(information_block(d), tokenizer, settings.max_obs_tokens) for d in docs]
+            contexts = [tokenizer(policy_prompt(r["question"], tokenizer, chat=settings.chat) + b,
                                   add_special_tokens=False)["input_ids"] for r, b in zip(chunk, blocks, strict=True)]
             outs = [tokenizer.decode(o, skip_special_tokens=False)
-                    for o in generator.generate(contexts, max_response_tokens)]
+                    for o in generator.generate(contexts, settings.max_response_tokens)]
             for row, block, out in zip(chunk, blocks, outs, strict=True):
                 action = parse_action(out)
                 answer = action[1] if action and action[0] == "answer" else None

@@ -19,7 +19,7 @@ from collections.abc import Hashable, Iterator, Sequence
 
 import torch
 
-from zerosearch.rollout import stop_markers
+from zerosearch.protocol import stop_markers
 
 
 def _import_vllm():

@@ -1,7 +1,7 @@
 """The data stage: write the normalized QA files, the corpus and the BM25 index under
 ``base.paths.data``.
 
-Run it with ``zerosearch data`` (or ``dvc repro data``). Layout::
+Run it with ``zerosearch data`` (or ``dvc repro data``); ``run(cfg, tracker)`` is the stage. Layout::
 
     data/train.parquet            normalized QA rows (schema.QA_COLUMNS)
     data/test/<benchmark>.parquet one file per evaluation benchmark
@@ -19,9 +19,14 @@ from typing import Any
 
 from zerosearch.config import Config
 from zerosearch.data import hub, tinyworld
-from zerosearch.data.schema import normalize_rows, read_corpus, write_jsonl, write_qa_parquet
+from zerosearch.data.schema import (
+    normalize_rows,
+    read_corpus,
+    write_jsonl,
+    write_qa_parquet,
+)
 from zerosearch.search.bm25 import BM25Engine
-from zerosearch.tracking import NullTracker
+from zerosearch.tracker import NullTracker, Tracker
 
 
 def _tinyworld_files(cfg: Config, out: Path) -> dict[str, Any]:
@@ -56,7 +61,7 @@ def _hub_files(cfg: Config, out: Path) -> dict[str, Any]:
     return {"splits": splits, "stats": {}, "skipped": skipped}
 
 
-def build_data(cfg: Config, tracker: NullTracker = NullTracker()) -> dict[str, Any]:
+def run(cfg: Config, tracker: Tracker = NullTracker()) -> dict[str, Any]:
     """Write every data file of the stage; returns the stats written to metrics/data.json."""
     out = cfg.path("data")
     shutil.rmtree(out, ignore_errors=True)

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 import torch
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from zerosearch.kv_forward import KVBuffers, step_function
-from zerosearch.rollout import stop_markers
+from zerosearch.lm.kv_forward import KVBuffers, step_function
+from zerosearch.protocol import stop_markers
 
 COMPACT_FRACTION = 0.25  # cut stopped rows out of the batch once this share of it has stopped
 

@@ -24,8 +24,13 @@ from typing import Any
 
 import yaml
 
-from zerosearch.config import ConfigError, apply_overrides, load_config, validate_config
-from zerosearch.tracking import flatten
+from zerosearch.config import (
+    ConfigError,
+    apply_overrides,
+    flatten,
+    load_config,
+    validate_config,
+)
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 RUNNING_RE = re.compile(r"Running stage '([^']+)'")
@@ -67,6 +72,8 @@ def experiment_changes(preset: str | Path, overrides: Sequence[str] = (), params
     naming it, before any DVC work starts. Values are written as JSON (valid YAML for DVC)."""
     target = load_config(preset, list(overrides))  # validates preset + overrides
     base_raw = yaml.safe_load(Path(params).read_text(encoding="utf-8")) or {}
+    if "extends" in base_raw:  # DVC reads and -S edits params.yaml itself: it must be complete
+        raise ConfigError(f"{params}: the params file DVC runs must be complete, not an overlay (`extends`)")
     validate_config(base_raw, str(params))
     wanted, current = flatten(target.model_dump()), flatten(base_raw)
     changes = [f"{k}={json.dumps(v)}" for k, v in wanted.items() if current.get(k, object()) != v]
@@ -118,7 +125,7 @@ def experiment_ref(name: str, repo: str | Path = ".") -> str:
 
 
 def experiment_file(name: str, path: str, repo: str | Path = ".") -> str:
-    """A git-tracked file (e.g. ``metrics/eval.json``) as experiment ``name`` left it."""
+    """A git-tracked file (e.g. ``metrics/evaluate.json``) as experiment ``name`` left it."""
     ref = experiment_ref(name, repo)
     out = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=repo, capture_output=True, text=True)
     if out.returncode != 0:
@@ -137,5 +144,5 @@ def resolve_preset(preset: str | Path, repo: str | Path = ".") -> Path:
         if candidate.is_file():
             return candidate
     names = sorted(str(p.relative_to(repo / "configs").with_suffix(""))
-                   for p in (repo / "configs").rglob("*.yaml") if "accelerate" not in p.parts)
+                   for p in (repo / "configs").rglob("*.yaml") if not {"accelerate", "systemd"} & set(p.parts))
     raise ConfigError(f"unknown preset {preset!r}: give params.yaml, a path, or one of {names}")

@@ -1,10 +1,11 @@
-"""Experiment tracking: MLflow runs (one parent run per pipeline run, a nested run per stage)
-and the metrics/plots files DVC declares. ``NullTracker`` for tests and library use.
+"""MLflow tracking: one parent run per pipeline run, a nested run per stage, the tracker the
+flows hand to the stages (``MlflowTracker``, a ``zerosearch.tracker.Tracker``), the MLflow
+and the runs of a DVC experiment. The MLflow server itself is ``mlops.server``.
 
 The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else a sqlite file ``mlflow.db`` at the
 repository root (``DVC_ROOT`` inside DVC runs, so ``dvc exp run --temp`` experiments log to the
 same file; the working directory otherwise). Several processes logging at once should share
-an MLflow tracking server over HTTP instead (``zerosearch ui``, ``mlflow_server``): one writer
+an MLflow tracking server over HTTP instead (``zerosearch ui``, ``mlops.server.mlflow_server``): one writer
 process in front of the database. Stages of one pipeline run find their parent run through
 ``ZEROSEARCH_PARENT_RUN_ID`` when set, else by a key of (git revision, params file hash, DVC
 experiment name), so the separate processes ``dvc repro`` starts end up under one parent.
@@ -13,17 +14,15 @@ experiment name), so the separate processes ``dvc repro`` starts end up under on
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from zerosearch.atomic import atomic_path
+from zerosearch.config import flatten
+from zerosearch.tracker import NullTracker, Tracker
 
 MLFLOW_UI_PORT = 5000
 
@@ -42,41 +41,7 @@ def ui_base_url(uri: str) -> str:
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{MLFLOW_UI_PORT}"
 
 
-class NullTracker:
-    """Accepts every call and records nothing."""
-
-    def log_params(self, params: Mapping[str, Any]) -> None: ...
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
-    def log_artifact(self, path: str | Path) -> None: ...
-    def log_model(self, path: str | Path, registered_name: str = "", index: str | Path | None = None,
-                  metrics: Mapping[str, float] | None = None) -> str | None: ...
-
-
-class MemoryTracker(NullTracker):
-    """Keeps what is logged in lists; handy in tests."""
-
-    def __init__(self) -> None:
-        self.params: dict[str, Any] = {}
-        self.metrics: list[tuple[int | None, dict[str, float]]] = []
-        self.artifacts: list[str] = []
-        self.models: list[tuple[str, str]] = []
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        self.params.update(params)
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        self.metrics.append((step, dict(metrics)))
-
-    def log_artifact(self, path: str | Path) -> None:
-        self.artifacts.append(str(path))
-
-    def log_model(self, path: str | Path, registered_name: str = "", index: str | Path | None = None,
-                  metrics: Mapping[str, float] | None = None) -> str | None:
-        self.models.append((str(path), registered_name))
-        return f"memory:/{registered_name}" if registered_name else None
-
-
-class MlflowTracker(NullTracker):
+class MlflowTracker:
     """Logs to the active MLflow run."""
 
     def __init__(self, mlflow_module) -> None:
@@ -93,15 +58,9 @@ class MlflowTracker(NullTracker):
     def log_artifact(self, path: str | Path) -> None:
         self.mlflow.log_artifact(str(path))
 
-    def log_model(self, path: str | Path, registered_name: str = "", index: str | Path | None = None,
+    def log_model(self, python_model: Any, artifacts: Mapping[str, str], registered_name: str = "",
                   metrics: Mapping[str, float] | None = None) -> str | None:
-        """Log an HF policy directory as an MLflow pyfunc model (``zerosearch.agent.AgentPyfunc``;
-        with ``index`` a BM25 index it searches) and, with ``registered_name``, register it with
-        ``metrics`` as version tags; returns ``models:/<name>/<version>`` or None."""
-        from zerosearch.agent import AgentPyfunc
-
-        artifacts = {"policy": str(path), **({"bm25": str(index)} if index else {})}
-        info = self.mlflow.pyfunc.log_model(name="policy", python_model=AgentPyfunc(), artifacts=artifacts,
+        info = self.mlflow.pyfunc.log_model(name="policy", python_model=python_model, artifacts=dict(artifacts),
                                             registered_model_name=registered_name or None)
         version = getattr(info, "registered_model_version", None)
         if not (registered_name and version):
@@ -110,18 +69,6 @@ class MlflowTracker(NullTracker):
         for key, value in (metrics or {}).items():
             client.set_model_version_tag(registered_name, str(version), key, str(value))
         return f"models:/{registered_name}/{version}"
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def git_revision() -> str:
@@ -157,7 +104,7 @@ def _parent_run_id(mlflow, experiment_id: str, key: str) -> str:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, config, params_file: str | Path = "params.yaml") -> Iterator[NullTracker]:
+def stage_run(stage: str, config, params_file: str | Path = "params.yaml") -> Iterator[Tracker]:
     """An MLflow run for one stage, nested under the pipeline run; yields a tracker.
 
     Set ``ZEROSEARCH_TRACKING=off`` to log nothing (a ``NullTracker`` is yielded)."""
@@ -199,62 +146,3 @@ def experiment_runs(dvc_experiment: str, mlflow_experiment: str, root: str | Pat
             entry["registered_model"] = f"models:/{versions[0].name}/{versions[0].version}"
         out.append(entry)
     return out
-
-
-def mlflow_server_command(root: str | Path, host: str = "127.0.0.1", port: int = MLFLOW_UI_PORT) -> list[str]:
-    """``mlflow server`` over ``<root>/mlflow.db`` (artifacts of new runs in ``<root>/mlartifacts``),
-    one worker process: the single writer the pipeline's processes log to over HTTP."""
-    from zerosearch.serving import console_script
-
-    root = Path(root).resolve()
-    return [console_script("mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", str(root / "mlartifacts"), "--host", host, "--port", str(port),
-            "--workers", "1"]
-
-
-@contextlib.contextmanager
-def mlflow_server(root: str | Path, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 60.0
-                  ) -> Iterator[str]:
-    """Run an MLflow tracking server for ``root`` and yield its URL once ``/health`` answers."""
-    from zerosearch.serving import (
-        ServerStartError,
-        free_port,
-        port_in_use,
-        start_process,
-        stop_process_group,
-        wait_healthy,
-    )
-
-    port = port or free_port(host)
-    if port_in_use(host, port):
-        raise ServerStartError(f"port {port} on {host} is in use: is an MLflow server already running there?")
-    url = f"http://{host}:{port}"
-    log = Path(root) / "mlflow-server.log"
-    proc = start_process(mlflow_server_command(root, host, port), log)
-    try:
-        state = wait_healthy(proc, url, time.monotonic() + startup_timeout, poll_interval=0.5)  # GET <url>/health
-        if state == "exited":
-            raise ServerStartError(f"mlflow server exited with code {proc.returncode}; see {log}")
-        if state == "timeout":
-            raise ServerStartError(f"mlflow server did not answer {url}/health within {startup_timeout:g}s; see {log}")
-        yield url
-    finally:
-        stop_process_group(proc, 10.0)
-
-
-def write_json(data: Mapping[str, Any], path: str | Path) -> Path:
-    """Write a metrics JSON (sorted keys), atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
-
-
-def write_csv(rows: list[Mapping[str, Any]], path: str | Path) -> Path:
-    """Write a DVC plots CSV (header from the first row), atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["step"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path

@@ -14,8 +14,15 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
+from zerosearch.atomic import atomic_path
 from zerosearch.config import LoraSection, ModelShape
 
 logger = logging.getLogger(__name__)
@@ -135,6 +142,15 @@ def load_model(name: str, *, dtype: torch.dtype | None = None, trust_remote_code
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def save_model(model, tokenizer, path: str | Path) -> Path:
+    """``save_pretrained`` (safetensors) of a model and its tokenizer into a temp dir, then
+    rename over ``path``: a crash never leaves half a model."""
+    with atomic_path(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return Path(path)
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,7 @@
 
 Per turn, every unfinished trajectory of the batch generates until ``</search>``,
 ``</answer>`` or end of text (one batched ``generate`` call of a ``Generator``, e.g.
-``zerosearch.generation.HFGenerator``, which keeps each trajectory's KV cache between turns); the first ``<search>`` or
+``zerosearch.lm.generation.HFGenerator``, which keeps each trajectory's KV cache between turns); the first ``<search>`` or
 ``<answer>`` block of the turn is its action. All pending queries of the batch go to the
 engine in ONE batched call with the current training step (the simulator's curriculum
 depends on it); the documents are appended inside ``<information>``; a turn with no action
@@ -20,24 +20,70 @@ Token ids are kept as generated (never re-tokenized), so log-probs computed late
 
 from __future__ import annotations
 
-import re
+import dataclasses
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import torch
 
-from zerosearch.prompts import INVALID_ACTION, information_block, policy_prompt
-from zerosearch.search.base import Doc, SearchEngine
+from zerosearch.protocol import (
+    INVALID_ACTION,
+    Doc,
+    SearchEngine,
+    information_block,
+    parse_action,
+    policy_prompt,
+)
 
-ACTION_RE = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """How a multi-turn rollout runs, built once from the config (``from_config``) and passed
+    to every rollout: training, evaluation, ``zerosearch ask``, the registered MLflow model,
+    simulator-SFT pair collection and the benches, so none of them can drift.
+
+    max_turns:           generation turns per trajectory (searches plus the answer turn)
+    max_response_tokens: new tokens per turn
+    max_obs_tokens:      tokens of one ``<information>`` block (cut, closing tag kept)
+    max_context_tokens:  a trajectory that could outgrow this window in its next turn stops
+                         there without an answer (None: no limit)
+    chat:                prompt through the tokenizer's chat template (instruct models)
+    """
+
+    max_turns: int
+    max_response_tokens: int
+    max_obs_tokens: int
+    max_context_tokens: int | None = None
+    chat: bool = False
+
+    @classmethod
+    def from_config(cls, cfg) -> RolloutSettings:
+        """``train.max_turns``, ``max_response_tokens``, ``max_obs_tokens``, ``max_prompt_tokens``
+        (the context window) and ``base.chat_prompt`` of a ``zerosearch.config.Config``."""
+        t = cfg.train
+        return cls(max_turns=t.max_turns, max_response_tokens=t.max_response_tokens,
+                   max_obs_tokens=t.max_obs_tokens, max_context_tokens=t.max_prompt_tokens,
+                   chat=cfg.base.chat_prompt)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> RolloutSettings:
+        """The inverse of ``to_dict``; an unknown or missing field is an error naming it."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise ValueError(f"rollout settings: unknown field(s) {unknown}; known: {sorted(names)}")
+        return cls(**raw)
 
 
 class Generator(Protocol):
     """Continues token-id contexts by one turn; returns only the new ids per context,
     ending with the stop token when generation stopped on one. ``keys`` name each context's
     trajectory, stable across the turns of one rollout (a generator may keep its KV cache
-    per key; ``zerosearch.generation.HFGenerator`` does)."""
+    per key; ``zerosearch.lm.generation.HFGenerator`` does)."""
 
     def generate(self, contexts: Sequence[list[int]], max_new_tokens: int,
                  keys: Sequence[Hashable] | None = None) -> list[list[int]]: ...
@@ -114,61 +160,42 @@ class RolloutBatch:
         }
 
 
-def stop_markers(tokenizer) -> tuple[list[int], list[str]]:
-    """Where a turn stops: ``(token ids, strings)``. ``</search>`` and ``</answer>`` are stop
-    token ids when the tokenizer has them as single tokens (else stop strings), plus EOS."""
-    tag_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("</search>", "</answer>")]
-    single = all(i is not None and i != tokenizer.unk_token_id for i in tag_ids)
-    return (tag_ids if single else []) + [tokenizer.eos_token_id], [] if single else ["</search>", "</answer>"]
-
-
-def parse_action(text: str) -> tuple[str, str] | None:
-    """The first ``<search>``/``<answer>`` block of a turn as (kind, content), or None."""
-    m = ACTION_RE.search(text)
-    return (m.group(1), m.group(2).strip()) if m else None
-
-
 def run_rollouts(
     generator: Generator,
     tokenizer,
     engine: SearchEngine,
     questions: Sequence[str],
     golden_answers: Sequence[Sequence[str]],
+    settings: RolloutSettings,
     *,
-    max_turns: int,
-    max_response_tokens: int,
-    max_obs_tokens: int,
     step: int = 0,
-    chat: bool = False,
-    max_context_tokens: int | None = None,
 ) -> RolloutBatch:
-    """Roll out one trajectory per question (repeat questions for a group).
-
-    ``max_context_tokens``: a trajectory whose context could outgrow this window in its next
-    turn (context + ``max_response_tokens``) stops there without an answer (counted)."""
+    """Roll out one trajectory per question (repeat questions for a group) under ``settings``;
+    ``step`` is the training step the engine sees (the simulator's curriculum)."""
+    s = settings
     unique = list(dict.fromkeys(questions))  # a group's n rollouts share one prompt: tokenize it once
-    prompt_ids = dict(zip(unique, tokenizer([policy_prompt(q, tokenizer, chat=chat) for q in unique],
+    prompt_ids = dict(zip(unique, tokenizer([policy_prompt(q, tokenizer, chat=s.chat) for q in unique],
                                             add_special_tokens=False)["input_ids"], strict=True))
     trajs = [Trajectory(q, list(g), list(prompt_ids[q])) for q, g in zip(questions, golden_answers, strict=True)]
     rollout = object()  # keys are scoped to this call: no cache outlives the rollout
-    for turn in range(max_turns):
+    for turn in range(s.max_turns):
         active = [t for t in trajs if t.status == "generating"]
         if not active:
             break
-        if max_context_tokens is not None:
+        if s.max_context_tokens is not None:
             for t in active:
-                if len(t.context) + max_response_tokens > max_context_tokens:
+                if len(t.context) + s.max_response_tokens > s.max_context_tokens:
                     t.status, t.hit_context_limit = "done", True
             active = [t for t in active if t.status == "generating"]
             if not active:
                 break
-        last_turn = turn == max_turns - 1
-        outputs = generator.generate([t.context for t in active], max_response_tokens,
+        last_turn = turn == s.max_turns - 1
+        outputs = generator.generate([t.context for t in active], s.max_response_tokens,
                                      keys=[(rollout, id(t)) for t in active])
         for t, new_ids in zip(active, outputs, strict=True):
-            _take_turn(t, new_ids, tokenizer, max_response_tokens, last_turn=last_turn)
+            _take_turn(t, new_ids, tokenizer, s.max_response_tokens, last_turn=last_turn)
         if not last_turn:  # after the last turn nobody reads the documents: no engine call
-            _answer_searches([t for t in trajs if t.status == "searching"], engine, tokenizer, max_obs_tokens, step)
+            _answer_searches([t for t in trajs if t.status == "searching"], engine, tokenizer, s.max_obs_tokens, step)
     for t in trajs:
         t.status = "done"
     return _collate(trajs, tokenizer.pad_token_id)

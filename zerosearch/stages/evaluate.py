@@ -1,16 +1,17 @@
 """The evaluate stage: every configured benchmark x every method, one table.
 
-    zerosearch eval                      # or: dvc repro evaluate
+    zerosearch evaluate                  # or: dvc repro evaluate (``zerosearch eval`` is an alias)
 
 Methods (``eval.methods``): ``direct`` and ``rag`` with the base policy, ``base_agent`` (the
 base policy searching) and ``agent`` (``eval.policy``, the trained one), greedy, searches
 answered by ``eval.engine`` (served for the stage when it is the simulator).
 
-Writes ``<metrics>/eval.json`` (DVC metrics: per method, per benchmark EM/F1/searches/format
-errors, plus average, in-domain and out-of-domain EM/F1), ``<metrics>/eval_predictions.jsonl``
+Writes ``<metrics>/evaluate.json`` (DVC metrics: per method, per benchmark EM/F1/searches/format
+errors, plus average, in-domain and out-of-domain EM/F1), ``<metrics>/evaluate_predictions.jsonl``
 (every question of every method: gold, prediction, searches, the trajectory),
-``<metrics>/eval_plots/<benchmark>.png`` (EM per method) and ``train_curves.png``; logs them to
-MLflow and registers the agent's policy in the model registry (``eval.registered_model``).
+``<metrics>/evaluate_plots/<benchmark>.png`` (EM per method) and ``train_curves.png``, and logs
+them to the tracker. The evaluate flow then registers the agent in the MLflow model registry
+(``eval.registered_model``) with the same rollout settings.
 """
 
 from __future__ import annotations
@@ -21,12 +22,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zerosearch.config import Config
+from zerosearch.agent.evaluation import (
+    markdown_table,
+    predict_agent,
+    predict_direct,
+    predict_rag,
+    summarize,
+    table,
+)
+from zerosearch.agent.rollout import RolloutSettings
+from zerosearch.config import Config, flatten
 from zerosearch.data.schema import read_qa_parquet, write_jsonl
-from zerosearch.evaluation import markdown_table, predict_agent, predict_direct, predict_rag, summarize, table
-from zerosearch.models import load_model
+from zerosearch.lm.models import load_model
+from zerosearch.protocol import SearchEngine
 from zerosearch.search.factory import open_engine
-from zerosearch.tracking import NullTracker, flatten
+from zerosearch.tracker import NullTracker, Tracker
 
 
 def benchmark_rows(cfg: Config) -> dict[str, list[dict]]:
@@ -39,8 +49,9 @@ def benchmark_rows(cfg: Config) -> dict[str, list[dict]]:
 
 
 def run_methods(cfg: Config, engine, benchmarks: dict[str, list[dict]]) -> tuple[dict, list[dict]]:
-    """``(results[method][benchmark] = summary, all prediction records)``."""
-    t, e = cfg.train, cfg.eval
+    """``(results[method][benchmark] = summary, all prediction records)``; every method runs
+    under the one ``RolloutSettings`` of the config (what training used)."""
+    e, settings = cfg.eval, RolloutSettings.from_config(cfg)
     policies = {"direct": cfg.base.policy_model, "rag": cfg.base.policy_model,
                 "base_agent": cfg.base.policy_model, "agent": e.policy}
     loaded: dict[str, Any] = {}
@@ -54,17 +65,11 @@ def run_methods(cfg: Config, engine, benchmarks: dict[str, list[dict]]) -> tuple
         results[method] = {}
         for bench, rows in benchmarks.items():
             if method == "direct":
-                recs = predict_direct(model, tok, rows, max_response_tokens=t.max_response_tokens,
-                                      batch_size=e.batch_size, chat=cfg.base.chat_prompt)
+                recs = predict_direct(model, tok, rows, settings, batch_size=e.batch_size)
             elif method == "rag":
-                recs = predict_rag(model, tok, engine, rows, max_response_tokens=t.max_response_tokens,
-                                   max_obs_tokens=t.max_obs_tokens, batch_size=e.batch_size,
-                                   chat=cfg.base.chat_prompt)
+                recs = predict_rag(model, tok, engine, rows, settings, batch_size=e.batch_size)
             else:
-                recs = predict_agent(model, tok, engine, rows, max_turns=t.max_turns,
-                                     max_response_tokens=t.max_response_tokens, max_obs_tokens=t.max_obs_tokens,
-                                     max_context_tokens=t.max_prompt_tokens, batch_size=e.batch_size,
-                                     chat=cfg.base.chat_prompt)
+                recs = predict_agent(model, tok, engine, rows, settings, batch_size=e.batch_size)
             results[method][bench] = summarize(recs)
             records += [{"method": method, "benchmark": bench, **r} for r in recs]
     return results, records
@@ -122,8 +127,10 @@ def plot_training(curve_csv: Path, out: Path) -> Path | None:
     return out
 
 
-def evaluate(cfg: Config, tracker: NullTracker = NullTracker(), engine=None) -> dict[str, Any]:
-    """The whole stage; returns the table (what ``eval.json`` holds) plus ``markdown``."""
+def run(cfg: Config, tracker: Tracker = NullTracker(), engine: SearchEngine | None = None) -> dict[str, Any]:
+    """The whole stage; returns the table (what ``evaluate.json`` holds), ``markdown`` and
+    ``seconds``. ``engine`` overrides ``eval.engine`` (tests). Registering the trained agent
+    in MLflow is the flow's next task (``zerosearch.mlops.registry.register_agent``)."""
     t0 = time.perf_counter()
     metrics_dir = cfg.path("metrics")
     benchmarks = benchmark_rows(cfg)
@@ -131,19 +138,11 @@ def evaluate(cfg: Config, tracker: NullTracker = NullTracker(), engine=None) -> 
                      log_path=cfg.path("models") / "simulator_server.log") if engine is None else contextlib.nullcontext(engine) as eng:
         results, records = run_methods(cfg, eng, benchmarks)
     tab = table(results, cfg.data.in_domain)
-    write_jsonl(records, metrics_dir / "eval_predictions.jsonl")
-    plots = plot_benchmarks(tab, list(benchmarks), metrics_dir / "eval_plots")
-    curves = plot_training(metrics_dir / "train_curve.csv", metrics_dir / "eval_plots" / "train_curves.png")
-    tracker.log_metrics({f"eval.{k}": v for k, v in flatten(tab).items() if isinstance(v, (int, float))})
-    for path in [*plots, curves, metrics_dir / "eval_predictions.jsonl"]:
+    write_jsonl(records, metrics_dir / "evaluate_predictions.jsonl")
+    plots = plot_benchmarks(tab, list(benchmarks), metrics_dir / "evaluate_plots")
+    curves = plot_training(metrics_dir / "train_curve.csv", metrics_dir / "evaluate_plots" / "train_curves.png")
+    tracker.log_metrics({f"evaluate.{k}": v for k, v in flatten(tab).items() if isinstance(v, (int, float))})
+    for path in [*plots, curves, metrics_dir / "evaluate_predictions.jsonl"]:
         if path is not None:
             tracker.log_artifact(path)
-    registered = None
-    if "agent" in cfg.eval.methods:
-        index = cfg.path("data") / "bm25"  # the registered agent searches it when loaded from MLflow
-        agent_metrics = {f"eval.{k}": v for k, v in flatten(tab["agent"]).items() if k.endswith(".em")}
-        registered = tracker.log_model(cfg.eval.policy, cfg.eval.registered_model,
-                                       index=index if index.exists() else None, metrics=agent_metrics)
-    md = markdown_table(tab, list(benchmarks))
-    return {"table": tab, "markdown": md, "registered_model": registered, "seconds": time.perf_counter() - t0}
-
+    return {"table": tab, "markdown": markdown_table(tab, list(benchmarks)), "seconds": time.perf_counter() - t0}

@@ -1,6 +1,6 @@
 """The base stage: the tiny policy and simulator, built from scratch and offline.
 
-Run it with ``zerosearch base`` (or ``dvc repro base``). With ``tiny_models.build: true`` it
+Run it with ``zerosearch base`` (or ``dvc repro base``); ``run(cfg, tracker)`` is the stage. With ``tiny_models.build: true`` it
 trains a byte-level BPE tokenizer on the world, pretrains the policy on the corpus plus
 protocol demonstrations (from a separate demo world), continues pretraining a copy of it on
 the corpus as the simulator, and saves both
@@ -11,35 +11,25 @@ in HF format (safetensors) at ``base.policy_model`` and ``base.simulator_model``
 from __future__ import annotations
 
 import copy
-import json
 import random
 import time
-from pathlib import Path
 from typing import Any
 
-from zerosearch.atomic import atomic_path
+from zerosearch.atomic import write_csv, write_json
 from zerosearch.config import Config
 from zerosearch.data.demos import demo_world, protocol_demos
 from zerosearch.data.schema import read_corpus
-from zerosearch.data.tinyworld import World
-from zerosearch.models import count_parameters, resolve_model_path, tiny_causal_lm, train_tokenizer
-from zerosearch.search.base import Doc
+from zerosearch.lm.models import (
+    count_parameters,
+    resolve_model_path,
+    save_model,
+    tiny_causal_lm,
+    train_tokenizer,
+)
+from zerosearch.lm.supervised import pack_examples, train_causal_lm
+from zerosearch.protocol import Doc, Segment
 from zerosearch.search.bm25 import BM25Engine
-from zerosearch.sft import Segment, pack_examples, train_causal_lm
-from zerosearch.tracking import NullTracker, write_csv, write_json
-
-
-def save_atomically(model, tokenizer, path: str | Path) -> Path:
-    """``save_pretrained`` into a temp dir, then rename over ``path``."""
-    with atomic_path(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    return Path(path)
-
-
-def load_world(data_dir: Path) -> tuple[World, dict[str, str]]:
-    raw = json.loads((data_dir / "world.json").read_text(encoding="utf-8"))
-    return World.from_json(raw["entities"]), raw["roles"]
+from zerosearch.tracker import NullTracker, Tracker
 
 
 def _pretrain(name: str, model, tokenizer, examples: list[list[Segment]], run, seed: int, tracker,
@@ -56,7 +46,7 @@ def _pretrain(name: str, model, tokenizer, examples: list[list[Segment]], run, s
             f"{name}_seconds": time.perf_counter() - t0, f"{name}_train_tokens": run.steps * run.batch_size * run.seq_len}
 
 
-def build_tiny_models(cfg: Config, tracker: NullTracker = NullTracker()) -> dict[str, Any]:
+def build_tiny_models(cfg: Config, tracker: Tracker) -> dict[str, Any]:
     tm, data_dir = cfg.tiny_models, cfg.path("data")
     corpus = read_corpus(data_dir / "corpus.jsonl")
     world, demo_corpus = demo_world(cfg.base.seed, tm.demo_entities)
@@ -71,13 +61,13 @@ def build_tiny_models(cfg: Config, tracker: NullTracker = NullTracker()) -> dict
     stats: dict[str, Any] = {"vocab_size": len(tokenizer), "demos": len(demos)}
     policy = tiny_causal_lm(tm.policy, len(tokenizer), tokenizer, cfg.base.seed)
     stats |= _pretrain("policy", policy, tokenizer, policy_texts, tm.policy_pretrain, cfg.base.seed, tracker, curve)
-    save_atomically(policy, tokenizer, cfg.base.policy_model)
+    save_model(policy, tokenizer, cfg.base.policy_model)
 
     # The simulator starts from the pretrained policy, as the paper's simulators are fine-tuned
     # from the policy's model family: it inherits the ability to copy names from its prompt.
     simulator = copy.deepcopy(policy)
     stats |= _pretrain("simulator", simulator, tokenizer, documents, tm.simulator_pretrain, cfg.base.seed + 1, tracker, curve)
-    save_atomically(simulator, tokenizer, cfg.base.simulator_model)
+    save_model(simulator, tokenizer, cfg.base.simulator_model)
     write_csv([curve[s] for s in sorted(curve)], cfg.path("metrics") / "base_loss.csv")
     return stats
 
@@ -88,7 +78,7 @@ def resolve_base_models(cfg: Config) -> dict[str, Any]:
             "simulator_model": resolve_model_path(cfg.base.simulator_model)}
 
 
-def build_base(cfg: Config, tracker: NullTracker = NullTracker()) -> dict[str, Any]:
+def run(cfg: Config, tracker: Tracker = NullTracker()) -> dict[str, Any]:
     """The base stage; writes ``models/base/manifest.json`` and returns its stats."""
     if cfg.tiny_models.build:
         stats = build_tiny_models(cfg, tracker)

@@ -8,13 +8,17 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from transformers import PreTrainedTokenizerBase
 
 from zerosearch.config import PretrainRun
-
-
-Segment = tuple[str, bool]  # (text, trained on): False for context the model must not learn to write
+from zerosearch.protocol import Segment
 
 
 def pack_examples(

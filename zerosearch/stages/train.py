@@ -17,13 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zerosearch.base_models import save_atomically
+from zerosearch.atomic import write_csv
 from zerosearch.config import Config
 from zerosearch.data.schema import read_qa_parquet
+from zerosearch.lm.models import save_model
+from zerosearch.protocol import SearchEngine
 from zerosearch.rl.trainer import RLTrainer
-from zerosearch.search.base import SearchEngine
 from zerosearch.search.factory import open_engine
-from zerosearch.tracking import NullTracker, write_csv
+from zerosearch.tracker import NullTracker, Tracker
 
 # Columns of the plots file, in order (a resumed run rewrites it from the checkpoint history).
 CURVE_COLUMNS = ("step", "reward_mean", "em", "response_tokens", "searches_per_trajectory", "noisy_fraction",
@@ -42,7 +43,7 @@ def curve_row(step: int, metrics: dict[str, float]) -> dict[str, Any]:
     return {c: (step if c == "step" else round(float(metrics.get(c, 0.0)), 6)) for c in CURVE_COLUMNS}
 
 
-def train_policy(cfg: Config, tracker: NullTracker = NullTracker(), *, resume: bool = False,
+def run(cfg: Config, tracker: Tracker = NullTracker(), *, resume: bool = False,
                  engine: SearchEngine | None = None) -> dict[str, Any]:
     """The whole stage; returns its summary. ``engine`` overrides ``train.engine`` (tests)."""
     t0 = time.perf_counter()
@@ -64,7 +65,7 @@ def train_policy(cfg: Config, tracker: NullTracker = NullTracker(), *, resume: b
         trainer.on_step = on_step
         history = trainer.fit(resume=resume)
     if trainer.accelerator.is_main_process:
-        save_atomically(trainer.final_policy(), trainer.m.tokenizer, policy_dir(cfg))
+        save_model(trainer.final_policy(), trainer.m.tokenizer, policy_dir(cfg))
     last = history[-min(5, len(history)):]
     summary = {
         "algorithm": cfg.train.algorithm, "engine": cfg.train.engine, "steps": cfg.train.total_steps,

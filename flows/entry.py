@@ -1,0 +1,21 @@
+"""``python -m flows.<stage>``: what each DVC stage's ``cmd`` runs.
+
+``main(flow)`` validates ``params.yaml`` first, so a bad key fails in one line naming it
+(exit code 2) instead of a Prefect traceback, then runs the stage's flow on it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from zerosearch.config import ConfigError, load_config
+
+
+def main(flow: Callable[..., dict], params: str = "params.yaml") -> None:
+    try:
+        load_config(params)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    flow(params)
