@@ -85,6 +85,14 @@ def test_changes_are_the_difference_to_params_yaml_and_reproduce_the_preset():
     assert load_config(REPO / "params.yaml", changes) == load_config(paper, ["train.lr=2e-6"])
 
 
+
+def test_the_params_file_dvc_runs_must_be_complete_not_an_overlay(tmp_path):
+    overlay = tmp_path / "params.yaml"
+    overlay.write_text(f"extends: {REPO / 'params.yaml'}\n")
+    with pytest.raises(ConfigError, match=r"params\.yaml: the params file DVC runs must be complete"):
+        experiment_changes(REPO / "configs/paper/grpo-qwen2.5-3b-sft.yaml", [], overlay)
+
+
 def test_bad_overrides_fail_before_dvc_runs_naming_the_key():
     with pytest.raises(ConfigError, match="train.algoritm"):
         experiment_changes(REPO / "params.yaml", ["train.algoritm=ppo"], REPO / "params.yaml")
