@@ -150,3 +150,35 @@ def test_hf_generator_on_cuda_matches_generate(micro_world):
     out = gen.generate(contexts, 12, keys=[0, 1])
     for row, mine in zip(ref, out):
         assert row[: len(mine)] == mine
+
+
+def test_trainable_models_keep_fp32_weights_under_bf16_autocast_when_the_checkpoint_is_bf16(micro_world, tmp_path):
+    """B1: transformers 5 loads dtype=None as "auto" (the checkpoint's bf16); accelerate's bf16 is
+    autocast only, so AdamW would update bf16 weights. Without DeepSpeed the trainer loads fp32."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from zerosearch.lm.models import load_model
+    from zerosearch.rl.trainer import master_dtype
+    from zerosearch.search.factory import make_engine
+
+    bf16 = tmp_path / "policy_bf16"
+    AutoModelForCausalLM.from_pretrained(micro_world / "models/base/policy").to(torch.bfloat16).save_pretrained(bf16)
+    AutoTokenizer.from_pretrained(micro_world / "models/base/policy").save_pretrained(bf16)
+    assert next(load_model(str(bf16))[0].parameters()).dtype == torch.bfloat16  # what dtype=None gives
+    assert master_dtype(False) == torch.float32 and master_dtype(True) == "auto"
+
+    cfg = micro_config(micro_world, "train.engine=bm25", "train.algorithm=ppo", "train.kl_coef=0.01",
+                       "train.batch_prompts=2", "train.group_size=2", "train.mini_batch_size=4",
+                       "train.micro_batch_size=2", "train.mixed_precision=bf16", f"base.policy_model={bf16}",
+                       f"base.paths.models={tmp_path}/models")
+    trainer = RLTrainer(cfg, make_engine(cfg, "bm25"), ROWS, checkpoint_dir=tmp_path / "ckpt")
+    trainer.setup()
+    assert trainer.accelerator.mixed_precision == "bf16"
+    for name, model in {"policy": trainer.m.policy, "reference": trainer.m.reference, "critic": trainer.m.critic}.items():
+        assert {p.dtype for p in model.parameters()} == {torch.float32}, name
+    before = [p.detach().clone() for p in trainer.m.policy.parameters()]
+    batch, group = trainer.rollout(0)
+    trainer.update(trainer.make_experience(batch, torch.tensor([1.0, 0.0, 0.0, 1.0]), group), step=0)
+    after = list(trainer.m.policy.parameters())
+    assert {p.dtype for p in after} == {torch.float32}
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))

@@ -87,6 +87,17 @@ def resolve_mixed_precision(value: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+def master_dtype(deepspeed: bool) -> torch.dtype | str:
+    """The dtype to load the trainable models (policy, critic) and the reference in.
+
+    Without DeepSpeed, fp32: accelerate's mixed precision is autocast only, so the optimizer
+    updates the loaded weights themselves, and bf16 weights round most lr-1e-6 updates away
+    (transformers 5 loads ``dtype=None`` as ``"auto"``, bf16 for Qwen2.5/Llama-3.2). Under
+    DeepSpeed, the checkpoint's own (``"auto"``): the engine casts the module to its bf16/fp16
+    and keeps fp32 master weights in the optimizer itself."""
+    return "auto" if deepspeed else torch.float32
+
+
 @dataclass(frozen=True)
 class AlgorithmSpec:
     """How an algorithm name maps onto the pure functions."""
@@ -250,14 +261,15 @@ class RLTrainer:
         from zerosearch.lm.models import load_model
 
         t, base = self.t, self.cfg.base
-        trust = base.trust_remote_code
+        trust, dtype = base.trust_remote_code, master_dtype(self._deepspeed_plugin() is not None)
         source = ckpt / "policy" if ckpt is not None and not t.lora.enabled else base.policy_model
-        policy, tokenizer = load_model(str(source), trust_remote_code=trust, attn_implementation=base.attn_implementation)
+        policy, tokenizer = load_model(str(source), dtype=dtype, trust_remote_code=trust,
+                                       attn_implementation=base.attn_implementation)
         reference = None
         if t.lora.enabled:
             policy = self._with_lora(policy, ckpt)
-        elif t.kl_coef > 0:
-            reference = (load_model(base.policy_model, trust_remote_code=trust,
+        elif t.kl_coef > 0:  # a resumed run loads it as a fresh run copies it: in the policy's dtype
+            reference = (load_model(base.policy_model, dtype=dtype, trust_remote_code=trust,
                                     attn_implementation=base.attn_implementation)[0]
                          if ckpt else copy.deepcopy(policy))
             reference.requires_grad_(False).eval()
@@ -271,7 +283,7 @@ class RLTrainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, constant_with_warmup(warmup))
         critic = critic_optimizer = None
         if self.spec.critic:
-            critic = self._load_critic(ckpt)
+            critic = self._load_critic(ckpt, dtype)
             critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=t.critic_lr, weight_decay=0.01)
         acc = self.accelerator
         policy, optimizer, scheduler = acc.prepare(policy, optimizer, scheduler)
@@ -280,6 +292,10 @@ class RLTrainer:
         if critic is not None:
             critic, critic_optimizer = acc.prepare(critic, critic_optimizer)
         return Models(policy, tokenizer, optimizer, scheduler, reference, critic, critic_optimizer, t.lora.enabled)
+
+    def _deepspeed_plugin(self):
+        """The DeepSpeed plugin of an ``accelerate launch`` with a DeepSpeed config, else None."""
+        return getattr(self.accelerator.state, "deepspeed_plugin", None)
 
     def _with_lora(self, policy, ckpt: Path | None):
         from peft import PeftModel
@@ -290,12 +306,13 @@ class RLTrainer:
             return PeftModel.from_pretrained(policy, ckpt / "policy", is_trainable=True)
         return with_lora(policy, self.t.lora)
 
-    def _load_critic(self, ckpt: Path | None):
+    def _load_critic(self, ckpt: Path | None, dtype: torch.dtype | str):
         from transformers import AutoModelForTokenClassification
 
         source = ckpt / "critic" if ckpt is not None else self.cfg.base.policy_model
         critic = AutoModelForTokenClassification.from_pretrained(
-            str(source), num_labels=1, use_safetensors=True, trust_remote_code=self.cfg.base.trust_remote_code)
+            str(source), num_labels=1, dtype=dtype, use_safetensors=True,
+            trust_remote_code=self.cfg.base.trust_remote_code)
         if self.t.gradient_checkpointing:
             critic.gradient_checkpointing_enable()
         return critic
@@ -348,7 +365,7 @@ class RLTrainer:
         if self._vllm is None:
             from zerosearch.lm.vllm_generator import VLLMGenerator
 
-            plugin = self.accelerator.state.deepspeed_plugin
+            plugin = self._deepspeed_plugin()
             if plugin is not None and plugin.zero_stage == 3:
                 raise ValueError("train.rollout_backend: vllm reads whole weights from each process; "
                                  "with ZeRO-3 they are sharded: use deepspeed_zero2.yaml or rollout_backend: hf")
