@@ -55,11 +55,28 @@ def test_processes_split_the_prompts_of_a_step_by_whole_prompts(tmp_path):
     trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, 3))
     with pytest.raises(ValueError, match="batch_prompts \\(4\\) must be a multiple of the 3 processes"):
         trainer._check_process_split()
+    # mini_batch_size counts the trajectories of all processes: 12 = 2 x 6, each share 2 micro-batches of 3
     cfg = micro_config(tmp_path, "train.batch_prompts=4", "train.group_size=3", "train.mini_batch_size=12",
                        "train.micro_batch_size=3")
     trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, 2))
-    with pytest.raises(ValueError, match="mini_batch_size \\(12\\) must divide the 6 rollouts"):
+    trainer._check_process_split()
+    assert trainer._local_mini_batch() == 6 and trainer.on_policy(6) and not trainer.on_policy(7)
+    cfg = micro_config(tmp_path, "train.batch_prompts=4", "train.group_size=3", "train.mini_batch_size=6",
+                       "train.micro_batch_size=6")
+    trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, 2))
+    with pytest.raises(ValueError, match="mini_batch_size \\(6, trajectories of all processes\\) must split into 2"):
         trainer._check_process_split()
+
+
+def test_the_paper_presets_split_over_two_and_four_processes(tmp_path):
+    """A4: the presets' mini_batch_size 320 (64 prompts x 5) is global, each process trains on its share."""
+    from zerosearch.config import load_config
+
+    cfg = load_config(REPO / "configs/paper/grpo-qwen2.5-3b-sft.yaml")
+    for n, local in ((2, 160), (4, 80)):
+        trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, n))
+        trainer._check_process_split()
+        assert trainer._local_mini_batch() == local and local % cfg.train.micro_batch_size == 0
 
 
 def test_rollout_backend_hf_makes_a_generator_per_step_vllm_one_engine_synced_every_step(tmp_path, monkeypatch):
@@ -152,7 +169,18 @@ def test_hf_generator_on_cuda_matches_generate(micro_world):
         assert row[: len(mine)] == mine
 
 
-def test_trainable_models_keep_fp32_weights_under_bf16_autocast_when_the_checkpoint_is_bf16(micro_world, tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate's state is a process-wide singleton: a test that changes mixed precision resets it."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_trainable_models_keep_fp32_weights_under_bf16_autocast_when_the_checkpoint_is_bf16(
+        micro_world, tmp_path, fresh_accelerate_state):
     """B1: transformers 5 loads dtype=None as "auto" (the checkpoint's bf16); accelerate's bf16 is
     autocast only, so AdamW would update bf16 weights. Without DeepSpeed the trainer loads fp32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -43,11 +43,13 @@ engine for the run, the policy's weights loaded into it before every rollout).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,7 @@ import torch
 from torch import Tensor
 
 from zerosearch.agent.rollout import RolloutBatch, RolloutSettings, run_rollouts
-from zerosearch.config import Config
+from zerosearch.config import Config, TrainSection
 from zerosearch.lm.generation import HFGenerator
 from zerosearch.protocol import SearchEngine
 from zerosearch.rewards import exact_match, get_reward
@@ -87,6 +89,36 @@ def resolve_mixed_precision(value: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+def build_accelerator(t: TrainSection):
+    """The run's ``Accelerator``. Launched as several processes on a machine without an
+    accelerator device (``torchrun`` on CPUs), it is told to run on the CPU: accelerate then
+    runs data parallel over gloo (``MULTI_CPU``) instead of N unaware single-process copies."""
+    from accelerate import Accelerator
+
+    device = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    cpu = launched_world_size() > 1 and not device
+    return Accelerator(mixed_precision=resolve_mixed_precision(t.mixed_precision), cpu=cpu)
+
+
+def launched_world_size(environ: Mapping[str, str] = os.environ) -> int:
+    """The process count a launcher (``torchrun``, ``accelerate launch``) announced: ``WORLD_SIZE``."""
+    return int(environ.get("WORLD_SIZE", "1"))
+
+
+def check_launch(accelerator, environ: Mapping[str, str] = os.environ) -> None:
+    """Say how the run is distributed (one line per process); refuse a launch of several
+    processes that accelerate sees as one (each would train alone and write the outputs)."""
+    n, world = accelerator.num_processes, launched_world_size(environ)
+    kind = getattr(accelerator, "distributed_type", "?")
+    print(f"train: process {accelerator.process_index} of {n}, distributed type {kind}, "
+          f"device {getattr(accelerator, 'device', '?')}", flush=True)
+    if world > 1 and n == 1:
+        raise RuntimeError(
+            f"WORLD_SIZE={world} in the environment but accelerate sees 1 process (distributed type {kind}): "
+            "the processes would train as independent copies. Launch with `accelerate launch` or `torchrun` "
+            "on the machine's devices, or set ACCELERATE_USE_CPU=1 for data parallel on CPUs")
+
+
 def master_dtype(deepspeed: bool) -> torch.dtype | str:
     """The dtype to load the trainable models (policy, critic) and the reference in.
 
@@ -106,6 +138,10 @@ class AlgorithmSpec:
     kl_in_reward: bool  # True: KL penalty folded into token rewards; False: a KL loss term
     critic: bool
 
+
+# RolloutBatch.stats() entries that are counts (summed over processes); the others are
+# per-trajectory means, averaged over processes (each has as many trajectories).
+COUNTED_STATS = ("truncated_observations", "turns_hit_length_limit", "context_limit_stops")
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     "grpo": AlgorithmSpec(advantage="grpo", kl_in_reward=False, critic=False),
@@ -203,8 +239,6 @@ class RLTrainer:
     def __init__(self, cfg: Config, engine: SearchEngine, train_rows: Sequence[dict], *,
                  checkpoint_dir: str | Path, tracker: Tracker = NullTracker(),
                  on_step: Callable[[int, dict[str, float]], None] | None = None, accelerator=None):
-        from accelerate import Accelerator
-
         self.cfg, self.t = cfg, cfg.train
         self.spec = ALGORITHMS[self.t.algorithm]
         self.engine, self.rows = engine, list(train_rows)
@@ -213,7 +247,8 @@ class RLTrainer:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.tracker, self.on_step = tracker, on_step
         self.rollout_settings = RolloutSettings.from_config(cfg)
-        self.accelerator = accelerator or Accelerator(mixed_precision=resolve_mixed_precision(self.t.mixed_precision))
+        self.accelerator = accelerator or build_accelerator(self.t)
+        check_launch(self.accelerator)
         self.reward_fn = get_reward(self.t.reward)
         self.history: list[dict[str, float]] = []
         self.start_step = 0
@@ -246,16 +281,17 @@ class RLTrainer:
         return self.start_step
 
     def _check_process_split(self) -> None:
-        """Each of N processes trains on batch_prompts / N prompts: the numbers must divide."""
+        """Each of N processes trains on batch_prompts / N prompts and mini_batch_size / N of
+        each mini-batch (both are numbers for all processes together): they must divide."""
         n, t = self.accelerator.num_processes, self.t
         if n == 1:
             return
         if t.batch_prompts % n:
             raise ValueError(f"train.batch_prompts ({t.batch_prompts}) must be a multiple of the {n} processes")
-        local = t.batch_prompts // n * t.group_size
-        if local % t.mini_batch_size:
-            raise ValueError(f"train.mini_batch_size ({t.mini_batch_size}) must divide the {local} rollouts each of "
-                             f"the {n} processes makes (batch_prompts / processes x group_size)")
+        if t.mini_batch_size % n or t.mini_batch_size // n % t.micro_batch_size:
+            raise ValueError(f"train.mini_batch_size ({t.mini_batch_size}, trajectories of all processes) must split "
+                             f"into {n} equal shares, each a multiple of train.micro_batch_size "
+                             f"({t.micro_batch_size}, per process)")
 
     def _build_models(self, ckpt: Path | None) -> Models:
         from zerosearch.lm.models import load_model
@@ -286,7 +322,9 @@ class RLTrainer:
             critic = self._load_critic(ckpt, dtype)
             critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=t.critic_lr, weight_decay=0.01)
         acc = self.accelerator
-        policy, optimizer, scheduler = acc.prepare(policy, optimizer, scheduler)
+        # The scheduler stays the trainer's, stepped once per training step: accelerate's wrapper
+        # would step it num_processes times per call (accelerate scheduler.py, split_batches=False).
+        policy, optimizer = acc.prepare(policy, optimizer)
         if reference is not None:
             reference = acc.prepare_model(reference, evaluation_mode=True)
         if critic is not None:
@@ -329,7 +367,8 @@ class RLTrainer:
             for step in range(start, self.t.total_steps):
                 metrics = self.train_step(step)
                 self.history.append({"step": step, **metrics})
-                self.tracker.log_metrics(metrics, step=step)
+                if self.accelerator.is_main_process:  # the metrics are over all processes already
+                    self.tracker.log_metrics(metrics, step=step)
                 if self.on_step:
                     self.on_step(step, metrics)
                 done = step + 1
@@ -389,15 +428,36 @@ class RLTrainer:
         exp = self.make_experience(batch, scores, group)
         update = self.update(exp, step)
         self.m.scheduler.step()
-        seconds = time.perf_counter() - t0
-        em = [exact_match(tr.answer, tr.golden_answers) for tr in batch.trajectories]
-        sampled = float(exp.mask.sum())
+        em = torch.tensor([exact_match(tr.answer, tr.golden_answers) for tr in batch.trajectories], dtype=torch.float32)
+        scores, em = self._gather(scores), self._gather(em).tolist()
+        norms = {k: update.pop(k) for k in ("grad_norm", "critic_grad_norm") if k in update}  # the same on every process
+        stats = batch.stats()
+        counts = {k: stats.pop(k) for k in COUNTED_STATS}
+        times = self._reduce({"step_seconds": time.perf_counter() - t0, "rollout_seconds": t_rollout}, "max")
+        sampled = self._reduce({"sampled": float(exp.mask.sum())}, "sum")["sampled"]
         return {
             "reward_mean": float(scores.mean()), "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
-            "em": sum(em) / len(em), **batch.stats(), **update,
-            "lr": self.m.scheduler.get_last_lr()[0], "step_seconds": seconds, "rollout_seconds": t_rollout,
-            "tokens_per_s": sampled / max(seconds, 1e-9),
+            "em": sum(em) / len(em), **self._reduce(stats, "mean"), **self._reduce(counts, "sum"),
+            **self._reduce(update, "sum"), **norms,
+            "lr": self.m.scheduler.get_last_lr()[0], **times,
+            "tokens_per_s": sampled / max(times["step_seconds"], 1e-9),
         }
+
+    def _gather(self, values: Tensor) -> Tensor:
+        """``values`` of every process, concatenated in process order (``(n,)`` -> ``(N * n,)``)."""
+        acc = self.accelerator
+        return values if acc.num_processes == 1 else acc.gather(values.to(acc.device)).cpu()
+
+    def _reduce(self, values: dict[str, float], how: str) -> dict[str, float]:
+        """``values`` (the same keys on every process) summed (``sum``), averaged (``mean``) or
+        maxed (``max``) over processes."""
+        acc = self.accelerator
+        if acc.num_processes == 1 or not values:
+            return values
+        keys = sorted(values)
+        local = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=acc.device)
+        total = acc.gather(local[None]).max(0).values if how == "max" else acc.reduce(local, reduction=how)
+        return dict(zip(keys, total.tolist(), strict=True))
 
     # ------------------------------------------------------------------ experience
 
@@ -409,7 +469,7 @@ class RLTrainer:
         current ones, so the extra forward pass is skipped (the update detaches its own)."""
         t = self.t
         kl_reward = self.spec.kl_in_reward and t.kl_coef > 0
-        return t.ppo_epochs == 1 and t.mini_batch_size >= n_rollouts and not kl_reward
+        return t.ppo_epochs == 1 and self._local_mini_batch() >= n_rollouts and not kl_reward
 
     @torch.no_grad()
     def make_experience(self, batch: RolloutBatch, scores: Tensor, group: list[int]) -> Experience:
@@ -450,7 +510,8 @@ class RLTrainer:
     # ------------------------------------------------------------------ update
 
     def update(self, exp: Experience, step: int) -> dict[str, float]:
-        """PPO-style epochs over mini-batches; returns mean loss statistics."""
+        """PPO-style epochs over mini-batches; returns mean loss statistics (this process's
+        token share of each: ``train_step`` sums them over processes)."""
         t, m = self.t, self.m
         gen = torch.Generator().manual_seed(self.cfg.base.seed * 7919 + step)
         sums: dict[str, float] = {}
@@ -459,7 +520,7 @@ class RLTrainer:
         if m.critic is not None:
             m.critic.train()
         for _ in range(t.ppo_epochs):
-            for mini in torch.randperm(len(exp), generator=gen).split(t.mini_batch_size):
+            for mini in torch.randperm(len(exp), generator=gen).split(self._local_mini_batch()):
                 stats = self._update_mini_batch(exp, mini)
                 updates += 1
                 for k, v in stats.items():
@@ -467,51 +528,94 @@ class RLTrainer:
         m.policy.eval()
         return {k: v / max(1, updates) for k, v in sums.items()}
 
+    def _local_mini_batch(self) -> int:
+        """This process's share of ``train.mini_batch_size`` (trajectories of all processes)."""
+        return self.t.mini_batch_size // self.accelerator.num_processes
+
+    def _global_tokens(self, local: Tensor) -> Tensor:
+        """The sampled tokens of a mini-batch over all processes (its share on each)."""
+        if self.accelerator.num_processes == 1:
+            return local
+        return self.accelerator.reduce(local.to(self.accelerator.device), reduction="sum")
+
     def _update_mini_batch(self, exp: Experience, mini: Tensor) -> dict[str, float]:
+        """One optimizer step on a mini-batch, its gradient accumulated over micro-batches.
+
+        A micro-batch's loss is weighted by its share of the mini-batch's sampled tokens over
+        all processes, times the process count (DDP and DeepSpeed average gradients over
+        processes): the step is the token mean of the whole mini-batch. A micro-batch without
+        sampled tokens still runs forward and backward (its loss times 0): every process must
+        run the same passes, or the collectives inside them wait forever. A mini-batch without
+        any sampled token on any process is skipped by every process alike (no optimizer step).
+        """
         t, m, acc = self.t, self.m, self.accelerator
-        tokens = exp.mask[mini].sum().clamp(min=1.0)
+        tokens = self._global_tokens(exp.mask[mini].sum())
+        if float(tokens) == 0.0:
+            return {"grad_norm": 0.0, **({"critic_grad_norm": 0.0} if m.critic is not None else {})}
         m.optimizer.zero_grad(set_to_none=True)
         if m.critic_optimizer is not None:
             m.critic_optimizer.zero_grad(set_to_none=True)
         stats: dict[str, float] = {}
-
-        def add(name: str, value: float, weight: float) -> None:
-            stats[name] = stats.get(name, 0.0) + value * weight
-
-        for micro in mini.split(t.micro_batch_size):
+        micros = mini.split(t.micro_batch_size)
+        for i, micro in enumerate(micros):
             e = exp.select(micro)
-            weight = float(e.mask.sum() / tokens)
-            if weight == 0.0:
-                continue
-            log_probs, entropy = token_log_probs(m.policy, e.input_ids, e.attention_mask, t.temperature,
-                                                 with_entropy="grad" if t.entropy_coef else True,
-                                                 start=first_scored_position(e.mask))
-            old_log_probs = e.old_log_probs if e.old_log_probs is not None else log_probs.detach()
-            pg_loss, pg_stats = policy_loss(log_probs, old_log_probs, e.advantages, e.mask, clip_ratio=t.clip_ratio)
-            entropy_mean = aggregate(entropy, e.mask)
-            loss = pg_loss - t.entropy_coef * entropy_mean
-            if e.ref_log_probs is not None:
-                kl = aggregate(get_kl(t.kl_estimator)(log_probs, e.ref_log_probs), e.mask)
-                if not self.spec.kl_in_reward:
-                    loss = loss + t.kl_coef * kl
-                add("kl", kl.item(), weight)
-            acc.backward(loss * weight)
-            add("policy_loss", pg_loss.item(), weight)
-            add("entropy", entropy_mean.item(), weight)
-            for k, v in pg_stats.items():
-                add(k, v, weight)
-            if m.critic is not None:
-                values = critic_values(m.critic, e.input_ids, e.attention_mask)
-                v_loss, v_stats = value_loss(values, e.old_values, e.returns, e.mask, clip_range=t.value_clip)
-                acc.backward(v_loss * weight)
-                add("value_loss", v_loss.item(), weight)
-                for k, v in v_stats.items():
-                    add(k, v, weight)
+            share = float(e.mask.sum() / tokens)
+            with self._accumulating(last=i == len(micros) - 1):
+                for k, v in self._micro_step(e, share * acc.num_processes).items():
+                    stats[k] = stats.get(k, 0.0) + v * share
         stats["grad_norm"] = float(acc.clip_grad_norm_(m.policy.parameters(), t.max_grad_norm))
         m.optimizer.step()
         if m.critic is not None:
             stats["critic_grad_norm"] = float(acc.clip_grad_norm_(m.critic.parameters(), t.max_grad_norm))
             m.critic_optimizer.step()
+        return stats
+
+    @contextlib.contextmanager
+    def _accumulating(self, last: bool) -> Iterator[None]:
+        """Around one micro-batch's forward and backward: only the mini-batch's last one syncs
+        gradients over processes (``no_sync`` otherwise) and, under DeepSpeed, steps the engine
+        (accelerate steps it inside every backward while ``sync_gradients`` is true)."""
+        acc = self.accelerator
+        acc.sync_gradients = last
+        try:
+            with contextlib.ExitStack() as stack:
+                if not last:
+                    for model in (self.m.policy, self.m.critic):
+                        if model is not None:
+                            stack.enter_context(acc.no_sync(model))
+                yield
+        finally:
+            acc.sync_gradients = True
+
+    def _backward(self, loss: Tensor) -> None:
+        # Under DeepSpeed the losses are already weighted for accumulation (see _update_mini_batch):
+        # no second division by gradient_accumulation_steps.
+        kwargs = {"scale_wrt_gas": False} if self._deepspeed_plugin() is not None else {}
+        self.accelerator.backward(loss, **kwargs)
+
+    def _micro_step(self, e: Experience, weight: float) -> dict[str, float]:
+        """Forward and backward of one micro-batch, its losses times ``weight``; its statistics."""
+        t, m = self.t, self.m
+        log_probs, entropy = token_log_probs(m.policy, e.input_ids, e.attention_mask, t.temperature,
+                                             with_entropy="grad" if t.entropy_coef else True,
+                                             start=first_scored_position(e.mask))
+        old_log_probs = e.old_log_probs if e.old_log_probs is not None else log_probs.detach()
+        pg_loss, pg_stats = policy_loss(log_probs, old_log_probs, e.advantages, e.mask, clip_ratio=t.clip_ratio)
+        entropy_mean = aggregate(entropy, e.mask)
+        loss = pg_loss - t.entropy_coef * entropy_mean
+        stats: dict[str, float] = {}
+        if e.ref_log_probs is not None:
+            kl = aggregate(get_kl(t.kl_estimator)(log_probs, e.ref_log_probs), e.mask)
+            if not self.spec.kl_in_reward:
+                loss = loss + t.kl_coef * kl
+            stats["kl"] = kl.item()
+        self._backward(loss * weight)
+        stats.update(policy_loss=pg_loss.item(), entropy=entropy_mean.item(), **pg_stats)
+        if m.critic is not None:
+            values = critic_values(m.critic, e.input_ids, e.attention_mask)
+            v_loss, v_stats = value_loss(values, e.old_values, e.returns, e.mask, clip_range=t.value_clip)
+            self._backward(v_loss * weight)
+            stats.update(value_loss=v_loss.item(), **v_stats)
         return stats
 
     # ------------------------------------------------------------------ outputs
