@@ -210,3 +210,70 @@ def test_trainable_models_keep_fp32_weights_under_bf16_autocast_when_the_checkpo
     after = list(trainer.m.policy.parameters())
     assert {p.dtype for p in after} == {torch.float32}
     assert any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+def launched_deepspeed_plugin(name: str, monkeypatch):
+    """The DeepSpeedPlugin each process of `accelerate launch --config_file configs/accelerate/<name>`
+    builds: the launcher's environment (as accelerate's launch_command prepares it), then the plugin
+    from that environment, as Accelerator() does. No deepspeed import, no GPU."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(REPO / "configs/accelerate" / name),
+                                               "-m", "zerosearch.cli", "train"])
+    args, defaults, _ = _validate_launch_command(args)
+    args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+    for key, value in prepare_deepspeed_cmd_env(args)[1].items():
+        if key.startswith("ACCELERATE_"):
+            monkeypatch.setenv(key, value)
+    return DeepSpeedPlugin()
+
+
+@pytest.mark.parametrize("name", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml", "multinode_zero2.yaml"])
+def test_deepspeed_gets_batch_accumulation_clipping_and_bf16_from_params_before_prepare(name, micro_world, tmp_path,
+                                                                                          monkeypatch):
+    """A1 + B2: with no dataloader, prepare needs integers where the launch configs leave "auto";
+    the trainer writes them from params: one engine step per mini-batch, its clipping, its bf16."""
+    import copy
+
+    from zerosearch.lm import models
+
+    plugin = launched_deepspeed_plugin(name, monkeypatch)
+    assert plugin.is_auto("train_micro_batch_size_per_gpu")  # what made prepare raise (accelerator.py:2172-2197)
+    cfg = micro_config(micro_world, "train.batch_prompts=4", "train.group_size=2", "train.mini_batch_size=8",
+                       "train.micro_batch_size=2", "train.max_grad_norm=0.5", f"base.paths.models={tmp_path}/models")
+    seen, loads = {}, []
+
+    def prepare(*objs):
+        seen.setdefault("config", copy.deepcopy(plugin.deepspeed_config))
+        return objs
+
+    acc = types.SimpleNamespace(process_index=0, num_processes=2, is_main_process=True, mixed_precision="bf16",
+                                device=torch.device("cpu"), state=types.SimpleNamespace(deepspeed_plugin=plugin),
+                                prepare=prepare, prepare_model=lambda model, **_: model, gradient_accumulation_steps=1)
+    real = models.load_model
+    monkeypatch.setattr(models, "load_model", lambda *a, **kw: loads.append(kw["dtype"]) or real(*a, **kw))
+    RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=acc)._build_models(None)
+    config = seen["config"]  # as it was when prepare got the policy
+    # per process: 8 / 2 = 4 trajectories of each mini-batch, 2 micro-batches of 2
+    assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) == (2, 2)
+    assert config["train_batch_size"] == 8 == 2 * 2 * acc.num_processes  # DeepSpeed's own consistency check
+    assert config["gradient_clipping"] == 0.5 and config["bf16"]["enabled"] and not config["fp16"]["enabled"]
+    assert acc.gradient_accumulation_steps == 2 and loads == ["auto"]  # DeepSpeed keeps the fp32 master weights
+    # accelerate's _prepare_deepspeed then fills only "auto" entries (its gradient_clipping 1.0 among them)
+    micro = plugin.get_value("train_micro_batch_size_per_gpu")
+    plugin.deepspeed_config_process(must_match=False, gradient_clipping=1.0, train_micro_batch_size_per_gpu=micro,
+                                    train_batch_size=micro * plugin.get_value("gradient_accumulation_steps") * 2)
+    assert plugin.deepspeed_config["gradient_clipping"] == 0.5 and plugin.deepspeed_config["train_batch_size"] == 8
+
+
+def test_deepspeed_values_for_the_paper_presets():
+    from zerosearch.config import load_config
+    from zerosearch.rl.trainer import deepspeed_values
+
+    t = load_config(REPO / "configs/paper/grpo-qwen2.5-3b-sft.yaml").train  # 320 per mini-batch, micro 16
+    assert deepspeed_values(t, 2, "bf16") == {
+        "train_micro_batch_size_per_gpu": 16, "gradient_accumulation_steps": 10, "train_batch_size": 320,
+        "gradient_clipping": 1.0, "bf16": {"enabled": True}, "fp16": {"enabled": False}}
+    assert deepspeed_values(t, 4, "no")["gradient_accumulation_steps"] == 5

@@ -119,6 +119,30 @@ def check_launch(accelerator, environ: Mapping[str, str] = os.environ) -> None:
             "on the machine's devices, or set ACCELERATE_USE_CPU=1 for data parallel on CPUs")
 
 
+def deepspeed_values(t: TrainSection, num_processes: int, mixed_precision: str) -> dict[str, Any]:
+    """The DeepSpeed config entries the trainer's design fixes, from params: a micro-batch of
+    ``micro_batch_size`` per process, as many micro-batches accumulated as make this process's
+    share of a mini-batch (one engine step per mini-batch; ``train_batch_size`` is then
+    ``mini_batch_size``), ``max_grad_norm`` clipping (the engine clips, accelerate's
+    ``clip_grad_norm_`` only reads the norm), bf16/fp16 as ``mixed_precision``."""
+    local = t.mini_batch_size // num_processes
+    return {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": local // t.micro_batch_size,
+        "train_batch_size": t.mini_batch_size,
+        "gradient_clipping": t.max_grad_norm,
+        "bf16": {"enabled": mixed_precision == "bf16"},
+        "fp16": {"enabled": mixed_precision == "fp16"},
+    }
+
+
+def apply_deepspeed_values(config: dict[str, Any], values: dict[str, Any]) -> None:
+    """Write ``values`` into a DeepSpeed config dict in place, over ``"auto"`` and over what the
+    launch config said (sections merge: ``bf16: {enabled: ...}`` keeps the section's other keys)."""
+    for key, value in values.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+
+
 def master_dtype(deepspeed: bool) -> torch.dtype | str:
     """The dtype to load the trainable models (policy, critic) and the reference in.
 
@@ -322,6 +346,11 @@ class RLTrainer:
             critic = self._load_critic(ckpt, dtype)
             critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=t.critic_lr, weight_decay=0.01)
         acc = self.accelerator
+        plugin = self._deepspeed_plugin()
+        if plugin is not None:  # integers before prepare: "auto" needs a dataloader there (accelerate raises)
+            values = deepspeed_values(t, acc.num_processes, acc.mixed_precision)
+            apply_deepspeed_values(plugin.deepspeed_config, values)
+            acc.gradient_accumulation_steps = values["gradient_accumulation_steps"]
         # The scheduler stays the trainer's, stepped once per training step: accelerate's wrapper
         # would step it num_processes times per call (accelerate scheduler.py, split_batches=False).
         policy, optimizer = acc.prepare(policy, optimizer)
