@@ -12,7 +12,8 @@ One training step:
 4. ``ppo_epochs`` passes over shuffled mini-batches of ``mini_batch_size`` trajectories,
    each accumulated over micro-batches: clipped policy loss (+ KL loss for GRPO, - entropy
    bonus), clipped value loss for the critic, gradient clipping, one optimizer step per
-   mini-batch; the learning rate warms up linearly, then stays constant.
+   mini-batch; the learning rate warms up linearly, then stays constant (one LR step per
+   training step).
 
 Only tokens the policy sampled enter any loss (the rollout's loss mask): retrieved
 documents and corrective messages are state, not actions.
@@ -20,19 +21,30 @@ documents and corrective messages are state, not actions.
 Departures from the reference (Search-R1 / ZeroSearch on veRL):
 
 - Losses are token-means over a whole mini-batch (micro-batch losses are weighted by their
-  share of the mini-batch's tokens), so gradient accumulation does not change the result.
+  share of the mini-batch's tokens over all processes), so neither gradient accumulation nor
+  the process count changes the loss a mini-batch defines.
 - The LR schedule advances once per training step, not once per mini-batch.
 - PPO's critic is ``AutoModelForTokenClassification`` (one label) initialised from the
   policy's weights with a fresh head, a separate model as in veRL.
 - With LoRA the reference model is the policy with its adapters disabled (no second copy).
 
-Distribution goes through ``accelerate`` (models, optimizers, backward, gradient clipping;
-only the main process writes checkpoints): the same code runs single-process on CPU and under
-``accelerate launch`` with the DeepSpeed configs in ``configs/accelerate/`` on GPUs: data
-parallel, each process rolls out and trains on ``batch_prompts / processes`` prompts (whole
-groups) and the optimizer steps on the averaged gradients; the reference model and the critic
-are placed like the policy (a replica per process, or sharded by ZeRO-3). Logged metrics are
-the main process's share; REINFORCE++'s batch normalization is per process.
+Distribution goes through ``accelerate`` (models, optimizers, backward, gradient clipping):
+the same code runs single-process, under ``torchrun`` on CPUs (``build_accelerator``: data
+parallel over gloo, ``MULTI_CPU``) and under ``accelerate launch`` with the DeepSpeed configs
+in ``configs/accelerate/`` on GPUs. Each process rolls out ``batch_prompts / processes``
+prompts (whole groups) and trains on ``mini_batch_size / processes`` trajectories of each
+mini-batch (both are numbers for all processes together). Gradients sync on a mini-batch's
+last micro-batch only, so the optimizer steps once per mini-batch (under DeepSpeed too: the
+engine's micro-batch, accumulation, clipping and bf16 are written from params before
+``prepare``), and the LR scheduler, kept out of accelerate, once per training step. Every
+process runs every micro-batch's forward and backward, one without sampled tokens with its
+loss times 0, so no collective waits for a process that skipped one. The trainable models
+load in fp32 unless DeepSpeed keeps fp32 master weights (``master_dtype``); the reference
+model and the critic are placed like the policy (a replica per process, or sharded by ZeRO-3).
+Logged metrics are over all processes (rewards and EM gathered, per-trajectory means averaged,
+counts and the loss statistics' token shares summed, times the slowest process's);
+``noisy_fraction`` is the mean of the processes' fractions and REINFORCE++'s batch
+normalization is per process. Only the main process writes checkpoints and logs metrics.
 ``train.mixed_precision`` (``auto``: bf16 on CUDA) and ``base.attn_implementation`` (``auto``:
 flash-attn when installed) apply there.
 
