@@ -469,18 +469,26 @@ class RLTrainer:
         exp = self.make_experience(batch, scores, group)
         update = self.update(exp, step)
         self.m.scheduler.step()
+        times = {"step_seconds": time.perf_counter() - t0, "rollout_seconds": t_rollout}
+        return self.step_metrics(batch, scores, exp, update, times)
+
+    def step_metrics(self, batch: RolloutBatch, scores: Tensor, exp: Experience, update: dict[str, float],
+                     times: dict[str, float]) -> dict[str, float]:
+        """The step's metrics over all processes: rewards and EM of every rollout, per-trajectory
+        means averaged (each process has as many trajectories), counts and the update's loss
+        statistics (each process's token share) summed, gradient norms as they are (the same
+        on every process), times of the slowest process."""
         em = torch.tensor([exact_match(tr.answer, tr.golden_answers) for tr in batch.trajectories], dtype=torch.float32)
         scores, em = self._gather(scores), self._gather(em).tolist()
-        norms = {k: update.pop(k) for k in ("grad_norm", "critic_grad_norm") if k in update}  # the same on every process
+        norms = {k: update.pop(k) for k in ("grad_norm", "critic_grad_norm") if k in update}
         stats = batch.stats()
         counts = {k: stats.pop(k) for k in COUNTED_STATS}
-        times = self._reduce({"step_seconds": time.perf_counter() - t0, "rollout_seconds": t_rollout}, "max")
+        times = self._reduce(times, "max")
         sampled = self._reduce({"sampled": float(exp.mask.sum())}, "sum")["sampled"]
         return {
             "reward_mean": float(scores.mean()), "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
             "em": sum(em) / len(em), **self._reduce(stats, "mean"), **self._reduce(counts, "sum"),
-            **self._reduce(update, "sum"), **norms,
-            "lr": self.m.scheduler.get_last_lr()[0], **times,
+            **self._reduce(update, "sum"), **norms, "lr": self.m.scheduler.get_last_lr()[0], **times,
             "tokens_per_s": sampled / max(times["step_seconds"], 1e-9),
         }
 
