@@ -24,9 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import micro_config  # noqa: E402  (sets HF_HUB_OFFLINE, tracking off)
-from zerosearch.rl import trainer as trainer_module  # noqa: E402
-from zerosearch.stages import train as train_stage  # noqa: E402
+from tests.conftest import micro_config  # sets HF_HUB_OFFLINE, tracking off
+from zerosearch.rl import trainer as trainer_module
+from zerosearch.stages import train as train_stage
 
 
 class Stopped(Exception):
@@ -92,8 +92,8 @@ def instrument(record: dict, args) -> None:
             raise Stopped
         return out
 
-    wrappers = dict(setup=setup, train_step=train_step, rollout=rollout, update=update, scores=scores,
-                    make_experience=make_experience, save=save)
+    wrappers = {"setup": setup, "train_step": train_step, "rollout": rollout, "update": update, "scores": scores,
+                "make_experience": make_experience, "save": save}
     real = {name: getattr(cls, name) for name in wrappers}
     for name, fn in wrappers.items():
         setattr(cls, name, fn)

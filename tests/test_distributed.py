@@ -26,7 +26,8 @@ def launch(nproc: int | None, *args: str) -> tuple[subprocess.CompletedProcess, 
     out = Path(args[args.index("--out") + 1])
     cmd = [*TORCHRUN, "--nproc_per_node", str(nproc), DRIVER] if nproc else [sys.executable, DRIVER]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([*cmd, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    done = subprocess.run([*cmd, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+                          check=False)
     records = [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
     return done, records
 
