@@ -111,15 +111,9 @@ def test_rollout_backend_hf_makes_a_generator_per_step_vllm_one_engine_synced_ev
     assert first is second and len(created) == 1 and synced == [policy, policy]
     assert created[0][1]["gpu_memory_utilization"] == 0.25 and created[0][1]["seed"] == cfg.base.seed + 1
 
-    zero3 = fake_accelerator(0, 2)
-    zero3.state.deepspeed_plugin = types.SimpleNamespace(zero_stage=3)
-    trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=zero3)
-    trainer.m = types.SimpleNamespace(tokenizer=None)
-    with pytest.raises(ValueError, match="ZeRO-3"):
-        trainer.generator(policy)
 
 
-@pytest.mark.parametrize("name", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml", "multinode_zero2.yaml"])
+@pytest.mark.parametrize("name", ["deepspeed_zero2.yaml", "multinode_zero2.yaml"])
 def test_launch_configs_are_deepspeed_bf16_and_the_launch_command_parses(name):
     raw = yaml.safe_load((REPO / "configs" / "accelerate" / name).read_text())
     assert raw["distributed_type"] == "DEEPSPEED" and raw["mixed_precision"] == "bf16"
@@ -230,7 +224,7 @@ def launched_deepspeed_plugin(name: str, monkeypatch):
     return DeepSpeedPlugin()
 
 
-@pytest.mark.parametrize("name", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml", "multinode_zero2.yaml"])
+@pytest.mark.parametrize("name", ["deepspeed_zero2.yaml", "multinode_zero2.yaml"])
 def test_deepspeed_gets_batch_accumulation_clipping_and_bf16_from_params_before_prepare(name, micro_world, tmp_path,
                                                                                           monkeypatch):
     """A1 + B2: with no dataloader, prepare needs integers where the launch configs leave "auto";
@@ -277,3 +271,53 @@ def test_deepspeed_values_for_the_paper_presets():
         "train_micro_batch_size_per_gpu": 16, "gradient_accumulation_steps": 10, "train_batch_size": 320,
         "gradient_clipping": 1.0, "bf16": {"enabled": True}, "fp16": {"enabled": False}}
     assert deepspeed_values(t, 4, "no")["gradient_accumulation_steps"] == 5
+
+
+def deepspeed_accelerator(plugin, n: int = 2):
+    acc = fake_accelerator(0, n)
+    acc.state.deepspeed_plugin = plugin
+    return acc
+
+
+@pytest.mark.parametrize("what", ["zero3", "ppo", "resume"])
+def test_what_deepspeed_would_get_wrong_is_refused_at_trainer_start(what, tmp_path, monkeypatch):
+    """A5/B6 (PPO: the critic in the policy's engine, its grad norm the policy's), A6 (resume: one
+    process's ZeRO partition of the optimizer state), A7 (ZeRO-3: reference, decode loop, saving)."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = DeepSpeedPlugin(zero_stage=3) if what == "zero3" else launched_deepspeed_plugin("deepspeed_zero2.yaml",
+                                                                                           monkeypatch)
+    cfg = micro_config(tmp_path, *(["train.algorithm=ppo"] if what == "ppo" else []))
+    expected = {"zero3": "ZeRO-3 is not supported.*deepspeed_zero2.yaml",
+                "ppo": "ppo is not supported under DeepSpeed.*grpo or reinforce_pp.*--multi_gpu",
+                "resume": "--resume is not supported under DeepSpeed"}[what]
+    with pytest.raises(ValueError, match=expected):
+        trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=deepspeed_accelerator(plugin))
+        trainer.setup(resume=what == "resume")  # refused before any model is loaded
+    # without DeepSpeed the same configs start (PPO, ZeRO-less resume)
+    RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, 2))
+
+
+def test_checkpoints_under_deepspeed_leave_out_the_partitioned_optimizer_state(tmp_path, monkeypatch):
+    """A6: a ZeRO optimizer's state_dict is this process's partition; the checkpoint holds None
+    there, and a resume without DeepSpeed from it says why it cannot continue."""
+    from zerosearch.rl.checkpoint import save_checkpoint
+
+    plugin = launched_deepspeed_plugin("deepspeed_zero2.yaml", monkeypatch)
+    cfg = micro_config(tmp_path)
+    policy = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(policy.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    for acc, expected in ((deepspeed_accelerator(plugin), None), (fake_accelerator(0, 1), optimizer.state_dict())):
+        trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=acc)
+        trainer.m = types.SimpleNamespace(optimizer=optimizer, scheduler=scheduler, critic_optimizer=None)
+        assert trainer._trainer_state()["optimizer"] == expected
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, 1, policy=types.SimpleNamespace(save_pretrained=lambda *a, **k: None),
+                    tokenizer=types.SimpleNamespace(save_pretrained=lambda *a, **k: None),
+                    trainer_state={"optimizer": None, "scheduler": scheduler.state_dict()},
+                    state={"config": cfg.model_dump(), "history": []})
+    trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=ckpt, accelerator=fake_accelerator(0, 1))
+    monkeypatch.setattr(trainer, "_build_models", lambda c: types.SimpleNamespace(optimizer=optimizer))
+    with pytest.raises(ValueError, match="written under DeepSpeed and holds no optimizer state"):
+        trainer.setup(resume=True)

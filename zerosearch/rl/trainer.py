@@ -40,7 +40,8 @@ engine's micro-batch, accumulation, clipping and bf16 are written from params be
 process runs every micro-batch's forward and backward, one without sampled tokens with its
 loss times 0, so no collective waits for a process that skipped one. The trainable models
 load in fp32 unless DeepSpeed keeps fp32 master weights (``master_dtype``); the reference
-model and the critic are placed like the policy (a replica per process, or sharded by ZeRO-3).
+model and the critic are placed like the policy (a replica per process). ``check_deepspeed`` refuses
+what is not right under DeepSpeed yet: ZeRO-3, PPO (its critic needs a second engine) and ``--resume``.
 Logged metrics are over all processes (rewards and EM gathered, per-trajectory means averaged,
 counts and the loss statistics' token shares summed, times the slowest process's);
 ``noisy_fraction`` is the mean of the processes' fractions and REINFORCE++'s batch
@@ -153,6 +154,40 @@ def apply_deepspeed_values(config: dict[str, Any], values: dict[str, Any]) -> No
     launch config said (sections merge: ``bf16: {enabled: ...}`` keeps the section's other keys)."""
     for key, value in values.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+
+
+ZERO3_REFUSED = (
+    "DeepSpeed ZeRO-3 is not supported by this trainer: the reference model would never be initialised "
+    "by DeepSpeed (its forward would run on empty partitioned parameters), the decode loop runs a different "
+    "number of forwards per process (ZeRO-3's per-forward all-gathers would hang), generation under "
+    "inference_mode breaks ZeRO-3's later backward, and checkpoints are written by the main process alone "
+    "(they would hold the partition placeholders). Launch with configs/accelerate/deepspeed_zero2.yaml "
+    "(with train.lora.enabled: true for a policy that does not fit ZeRO-2 in full)")
+PPO_REFUSED = (
+    "train.algorithm: ppo is not supported under DeepSpeed: one Accelerator drives one DeepSpeed engine, "
+    "so the critic's backward and step would go through the policy's engine (the critic never steps, the "
+    "policy takes extra momentum steps, and ZeRO-2 asserts 'Gradient computed twice'). Use grpo or "
+    "reinforce_pp under DeepSpeed, or run PPO data parallel without it: "
+    "accelerate launch --multi_gpu --num_processes N -m zerosearch.cli train ...")
+RESUME_REFUSED = (
+    "--resume is not supported under DeepSpeed: the optimizer state would be one process's ZeRO partition "
+    "(DeepSpeed's own checkpoints, accelerator.save_state/load_state, are not wired in), so checkpoints "
+    "written under DeepSpeed hold the policy but no optimizer state. Start a fresh run, or train without "
+    "DeepSpeed to resume")
+
+
+def check_deepspeed(plugin, t: TrainSection, *, resume: bool = False) -> None:
+    """Refuse, before any model is loaded, what the trainer does not do right under DeepSpeed
+    (``plugin``: accelerate's DeepSpeed plugin, None without DeepSpeed): ZeRO-3, PPO's second
+    engine, resuming the optimizer state."""
+    if plugin is None:
+        return
+    if plugin.zero_stage == 3:
+        raise ValueError(ZERO3_REFUSED)
+    if t.algorithm == "ppo":
+        raise ValueError(PPO_REFUSED)
+    if resume:
+        raise ValueError(RESUME_REFUSED)
 
 
 def master_dtype(deepspeed: bool) -> torch.dtype | str:
@@ -285,6 +320,7 @@ class RLTrainer:
         self.rollout_settings = RolloutSettings.from_config(cfg)
         self.accelerator = accelerator or build_accelerator(self.t)
         check_launch(self.accelerator)
+        check_deepspeed(self._deepspeed_plugin(), self.t)
         self.reward_fn = get_reward(self.t.reward)
         self.history: list[dict[str, float]] = []
         self.start_step = 0
@@ -295,6 +331,7 @@ class RLTrainer:
 
     def setup(self, resume: bool = False) -> int:
         """Load models (from the newest checkpoint when ``resume``); returns the first step to run."""
+        check_deepspeed(self._deepspeed_plugin(), self.t, resume=resume)
         ckpt = latest_checkpoint(self.checkpoint_dir) if resume else None
         if resume and ckpt is None:
             print(f"--resume: no checkpoint under {self.checkpoint_dir}; starting from step 0")
@@ -307,6 +344,9 @@ class RLTrainer:
             if diff:
                 raise ValueError(f"cannot resume from {ckpt}: the config changed since it was written:\n  "
                                  + "\n  ".join(diff) + "\nrestore those values or start a fresh run")
+            if trainer_state.get("optimizer") is None:
+                raise ValueError(f"cannot resume from {ckpt}: it was written under DeepSpeed and holds no "
+                                 "optimizer state; start a fresh run")
             self.m.optimizer.load_state_dict(trainer_state["optimizer"])
             self.m.scheduler.load_state_dict(trainer_state["scheduler"])
             if self.m.critic_optimizer is not None:
@@ -445,10 +485,6 @@ class RLTrainer:
         if self._vllm is None:
             from zerosearch.lm.vllm_generator import VLLMGenerator
 
-            plugin = self._deepspeed_plugin()
-            if plugin is not None and plugin.zero_stage == 3:
-                raise ValueError("train.rollout_backend: vllm reads whole weights from each process; "
-                                 "with ZeRO-3 they are sharded: use deepspeed_zero2.yaml or rollout_backend: hf")
             self._vllm = VLLMGenerator.create(
                 self.cfg.base.policy_model, self.m.tokenizer, gpu_memory_utilization=t.vllm_gpu_memory_utilization,
                 temperature=t.temperature, seed=self.cfg.base.seed + self.accelerator.process_index,
@@ -675,13 +711,21 @@ class RLTrainer:
         acc.wait_for_everyone()
         if not acc.is_main_process:  # one writer under `accelerate launch`
             return checkpoint_path(self.checkpoint_dir, step)
-        trainer_state = {"optimizer": m.optimizer.state_dict(), "scheduler": m.scheduler.state_dict()}
-        if m.critic_optimizer is not None:
-            trainer_state["critic_optimizer"] = m.critic_optimizer.state_dict()
         return save_checkpoint(
             self.checkpoint_dir, step, policy=acc.unwrap_model(m.policy), tokenizer=m.tokenizer,
-            critic=acc.unwrap_model(m.critic) if m.critic is not None else None, trainer_state=trainer_state,
+            critic=acc.unwrap_model(m.critic) if m.critic is not None else None, trainer_state=self._trainer_state(),
             state={"config": self.cfg.model_dump(), "history": self.history})
+
+    def _trainer_state(self) -> dict[str, Any]:
+        """Optimizer(s) and scheduler state for a checkpoint. Under DeepSpeed the optimizer's
+        ``state_dict`` is this process's ZeRO partition only: it is left out (``None``; such a
+        checkpoint is not resumed, ``check_deepspeed``)."""
+        m = self.m
+        deepspeed = self._deepspeed_plugin() is not None
+        state = {"optimizer": None if deepspeed else m.optimizer.state_dict(), "scheduler": m.scheduler.state_dict()}
+        if m.critic_optimizer is not None:
+            state["critic_optimizer"] = m.critic_optimizer.state_dict()
+        return state
 
     def final_policy(self):
         """The trained policy as a plain HF model (LoRA adapters merged into a copy)."""
