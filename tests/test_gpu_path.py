@@ -40,8 +40,9 @@ def test_auto_attention_on_cuda_without_flash_attn_falls_back_to_sdpa_with_a_log
 
 
 def fake_accelerator(index, n):
-    return types.SimpleNamespace(process_index=index, num_processes=n, is_main_process=index == 0,
-                                 state=types.SimpleNamespace(deepspeed_plugin=None))
+    return types.SimpleNamespace(process_index=index, local_process_index=index, num_processes=n,
+                                 is_main_process=index == 0, state=types.SimpleNamespace(deepspeed_plugin=None),
+                                 waits=[], wait_for_everyone=lambda: None)
 
 
 def test_processes_split_the_prompts_of_a_step_by_whole_prompts(tmp_path):
@@ -105,11 +106,15 @@ def test_rollout_backend_hf_makes_a_generator_per_step_vllm_one_engine_synced_ev
 
     monkeypatch.setattr(vllm_generator.VLLMGenerator, "create", staticmethod(create))
     cfg = micro_config(tmp_path, "train.rollout_backend=vllm", "train.vllm_gpu_memory_utilization=0.25")
-    trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=fake_accelerator(1, 2))
+    acc = fake_accelerator(1, 2)
+    acc.wait_for_everyone = lambda: acc.waits.append(len(created))
+    trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=acc)
     trainer.m = types.SimpleNamespace(tokenizer=None)
     first, second = trainer.generator(policy), trainer.generator(policy)
     assert first is second and len(created) == 1 and synced == [policy, policy]
     assert created[0][1]["gpu_memory_utilization"] == 0.25 and created[0][1]["seed"] == cfg.base.seed + 1
+    assert (created[0][1]["rank"], created[0][1]["local_rank"], created[0][1]["world_size"]) == (1, 1, 2)
+    assert acc.waits == [1]  # every process waits once, after its engine is built
 
 
 

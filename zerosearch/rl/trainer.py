@@ -485,10 +485,12 @@ class RLTrainer:
         if self._vllm is None:
             from zerosearch.lm.vllm_generator import VLLMGenerator
 
+            acc = self.accelerator
             self._vllm = VLLMGenerator.create(
                 self.cfg.base.policy_model, self.m.tokenizer, gpu_memory_utilization=t.vllm_gpu_memory_utilization,
-                temperature=t.temperature, seed=self.cfg.base.seed + self.accelerator.process_index,
-                max_model_len=t.max_prompt_tokens)
+                temperature=t.temperature, seed=self.cfg.base.seed + acc.process_index, rank=acc.process_index,
+                local_rank=acc.local_process_index, world_size=acc.num_processes, max_model_len=t.max_prompt_tokens)
+            acc.wait_for_everyone()  # engines are built at different speeds; TRL syncs here too
         self._vllm.sync_weights(policy)  # the engine samples from the weights being trained
         return self._vllm
 
