@@ -77,9 +77,9 @@ from zerosearch.protocol import SearchEngine
 from zerosearch.rewards import exact_match, get_reward
 from zerosearch.rl.algorithms import (
     aggregate,
-    entropy_from_logits,
     get_advantage,
     get_kl,
+    log_probs_from_logits,
     policy_loss,
     value_loss,
 )
@@ -256,18 +256,15 @@ def token_log_probs(model, input_ids: Tensor, attention_mask: Tensor, temperatur
     (``with_entropy="grad"``: with its gradient, for an entropy bonus; ``True``: detached).
 
     Only positions ``>= start`` are computed (``logits_to_keep``: with a 150k vocabulary the
-    prompt's logits would dominate memory); earlier positions are 0.
+    prompt's logits would dominate memory); earlier positions are 0. Log-probs and entropy are
+    computed over chunks of positions (``log_probs_from_logits``); no KV cache is built.
     """
     length = input_ids.shape[1]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   logits_to_keep=length - start).logits[:, :-1].float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    targets = input_ids[:, start + 1:].unsqueeze(-1)
-    log_probs = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    entropy = None
-    if with_entropy:  # differentiable only when it is in the loss (an entropy bonus)
-        entropy = entropy_from_logits(logits if with_entropy == "grad" else logits.detach())
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=length - start,
+                   use_cache=False).logits[:, :-1]
+    entropy_mode = "grad" if with_entropy == "grad" else ("detached" if with_entropy else None)
+    log_probs, entropy = log_probs_from_logits(logits, input_ids[:, start + 1:], temperature=temperature,
+                                               entropy=entropy_mode)
     pad = (lambda x: torch.nn.functional.pad(x, (start, 0))) if start else (lambda x: x)
     return pad(log_probs), (pad(entropy) if entropy is not None else None)
 
@@ -280,7 +277,7 @@ def first_scored_position(mask: Tensor) -> int:
 
 def critic_values(critic, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """The critic's value of each prefix, aligned with ``token_log_probs``: ``(B, L - 1)``."""
-    return critic(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1, 0].float()
+    return critic(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1, 0].float()
 
 
 def constant_with_warmup(warmup_steps: int) -> Callable[[int], float]:
