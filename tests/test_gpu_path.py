@@ -203,6 +203,9 @@ def test_trainable_models_keep_fp32_weights_under_bf16_autocast_when_the_checkpo
     assert trainer.accelerator.mixed_precision == "bf16"
     for name, model in {"policy": trainer.m.policy, "reference": trainer.m.reference, "critic": trainer.m.critic}.items():
         assert {p.dtype for p in model.parameters()} == {torch.float32}, name
+    # B4: the critic's head has no dropout (transformers' fallback is 0.1, active in the update)
+    dropouts = [m.p for m in trainer.m.critic.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and set(dropouts) == {0.0} and trainer.m.critic.config.classifier_dropout == 0.0
     before = [p.detach().clone() for p in trainer.m.policy.parameters()]
     batch, group = trainer.rollout(0)
     trainer.update(trainer.make_experience(batch, torch.tensor([1.0, 0.0, 0.0, 1.0]), group), step=0)

@@ -423,12 +423,17 @@ class RLTrainer:
         return with_lora(policy, self.t.lora)
 
     def _load_critic(self, ckpt: Path | None, dtype: torch.dtype | str):
-        from transformers import AutoModelForTokenClassification
+        """The critic, with its head's dropout off: transformers falls back to 0.1 when the config has
+        none, which would be active in the update while the old values are computed in eval mode
+        (veRL loads its critic with ``classifier_dropout=0.0`` too)."""
+        from transformers import AutoConfig, AutoModelForTokenClassification
 
         source = ckpt / "critic" if ckpt is not None else self.cfg.base.policy_model
+        trust = self.cfg.base.trust_remote_code
+        config = AutoConfig.from_pretrained(str(source), num_labels=1, trust_remote_code=trust)
+        config.classifier_dropout = 0.0  # not a from_pretrained keyword: the model's __init__ would refuse it
         critic = AutoModelForTokenClassification.from_pretrained(
-            str(source), num_labels=1, dtype=dtype, use_safetensors=True,
-            trust_remote_code=self.cfg.base.trust_remote_code)
+            str(source), config=config, dtype=dtype, use_safetensors=True, trust_remote_code=trust)
         if self.t.gradient_checkpointing:
             critic.gradient_checkpointing_enable()
         return critic
