@@ -483,7 +483,7 @@ class RLTrainer:
         """The rollout generator over ``policy``'s current weights (``train.rollout_backend``)."""
         t = self.t
         if t.rollout_backend == "hf":
-            return HFGenerator(policy, self.m.tokenizer, temperature=t.temperature)
+            return HFGenerator(policy, self.m.tokenizer, temperature=t.temperature, dtype=self._compute_dtype())
         if self._vllm is None:
             from zerosearch.lm.vllm_generator import VLLMGenerator
 
@@ -495,6 +495,10 @@ class RLTrainer:
             acc.wait_for_everyone()  # engines are built at different speeds; TRL syncs here too
         self._vllm.sync_weights(policy)  # the engine samples from the weights being trained
         return self._vllm
+
+    def _compute_dtype(self) -> torch.dtype | None:
+        """The rollout's compute dtype: that of mixed precision (the weights stay fp32), else None."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(getattr(self.accelerator, "mixed_precision", "no"))
 
     def scores(self, batch: RolloutBatch) -> Tensor:
         completions = [self.m.tokenizer.decode(tr.response_ids, skip_special_tokens=False) for tr in batch.trajectories]
