@@ -199,7 +199,8 @@ def test_rollouts_use_the_chat_template_when_the_params_say_so(tmp_path, monkeyp
     monkeypatch.setattr(trainer_module, "run_rollouts",
                         lambda *a, **kw: seen.update(settings=a[5], step=kw["step"]) or "batch")
     rows = [{"question": "q", "golden_answers": ["a"]}] * 4
-    acc = types.SimpleNamespace(process_index=0, num_processes=1, unwrap_model=lambda m: m)
+    acc = types.SimpleNamespace(process_index=0, num_processes=1, unwrap_model=lambda m: m,
+                                state=types.SimpleNamespace(deepspeed_plugin=None))
     for flag in (False, True):
         cfg = micro_config(tmp_path, f"base.chat_prompt={str(flag).lower()}")
         t = trainer_module.RLTrainer(cfg, None, rows, checkpoint_dir=tmp_path, accelerator=acc)

@@ -27,9 +27,10 @@ class FakeLLM:
 
     ``script(tok, turns)`` sets the turns ``generate`` answers with (token ids, like vLLM's outputs)."""
 
-    ARGUMENTS = {"model", "tokenizer", "trust_remote_code", "tensor_parallel_size", "dtype", "seed",
-                 "gpu_memory_utilization", "enforce_eager", "enable_prefix_caching", "max_model_len",
-                 "distributed_executor_backend", "max_num_batched_tokens", "max_num_seqs", "enable_sleep_mode"}
+    ARGUMENTS = frozenset({"model", "tokenizer", "trust_remote_code", "tensor_parallel_size", "dtype", "seed",
+                           "gpu_memory_utilization", "enforce_eager", "enable_prefix_caching", "max_model_len",
+                           "distributed_executor_backend", "max_num_batched_tokens", "max_num_seqs",
+                           "enable_sleep_mode"})
 
     def __init__(self, model, **kwargs):
         unknown = sorted(set(kwargs) - self.ARGUMENTS)

@@ -689,6 +689,8 @@ class RLTrainer:
     def _micro_step(self, e: Experience, weight: float) -> dict[str, float]:
         """Forward and backward of one micro-batch, its losses times ``weight``; its statistics."""
         t, m = self.t, self.m
+        # Without an entropy bonus the entropy is only logged (the curve's collapse signal): computed
+        # without autograd, one chunk at a time, so it costs a softmax pass and no memory for backward.
         log_probs, entropy = token_log_probs(m.policy, e.input_ids, e.attention_mask, t.temperature,
                                              with_entropy="grad" if t.entropy_coef else True,
                                              start=first_scored_position(e.mask))
