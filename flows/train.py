@@ -7,20 +7,26 @@ the engine needs it. Writes ``models/policy``, checkpoints under
 
 from __future__ import annotations
 
+import contextlib
+
 from prefect import flow
 
 from flows.entry import main
 from tasks.common import load_config_task, write_metrics_task
 from tasks.train import train_task
 from zerosearch.mlops.tracking import stage_run
+from zerosearch.stages.train import launched_as_main
+from zerosearch.tracker import NullTracker
 
 
 @flow(name="train")
 def train_flow(params: str = "params.yaml", overrides: list[str] | None = None, resume: bool = False) -> dict:
     cfg = load_config_task(params, overrides)
-    with stage_run("train", cfg, params) as tracker:
+    writer = launched_as_main()  # under accelerate launch / torchrun: one MLflow run, one metrics file
+    with (stage_run("train", cfg, params) if writer else contextlib.nullcontext(NullTracker())) as tracker:
         summary = train_task(cfg, tracker, resume=resume)
-    write_metrics_task(summary, cfg.path("metrics") / "train.json")
+    if writer:
+        write_metrics_task(summary, cfg.path("metrics") / "train.json")
     return summary
 
 

@@ -1,13 +1,13 @@
 """A stand-in simulator server for tests of ``zerosearch.serving``.
 
     python fake_server.py --port N [--host H] [--mode ok|exit|never] [--delay S]
-                          [--pid-file F] [--child-pid-file F] [--ignore-term]
+                          [--pid-file F] [--child-pid-file F] [--ignore-term] [--env-file F]
 
 ok: after ``--delay`` seconds, answers /health, /v1/models and /v1/completions (echoing
 the prompt). exit: prints an error and exits 3. never: listens but /health answers 503.
 ``--pid-file``: writes its own pid there. ``--child-pid-file``: spawns a sleeping child
 (same process group) and writes its pid there. ``--ignore-term``: ignores SIGTERM (only
-SIGKILL stops it).
+SIGKILL stops it). ``--env-file``: writes its CUDA_VISIBLE_DEVICES there (JSON; null if unset).
 """
 
 from __future__ import annotations
@@ -31,12 +31,16 @@ def main() -> None:
     ap.add_argument("--pid-file")
     ap.add_argument("--child-pid-file")
     ap.add_argument("--ignore-term", action="store_true")
+    ap.add_argument("--env-file")
     args = ap.parse_args()
 
     print(f"fake server pid {os.getpid()} starting", flush=True)
     if args.pid_file:
         with open(args.pid_file, "w") as f:
             f.write(str(os.getpid()))
+    if args.env_file:
+        with open(args.env_file, "w") as f:
+            json.dump({"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}, f)
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.mode == "exit":

@@ -264,3 +264,49 @@ def test_k3_is_clamped_and_nonnegative():
 def test_entropy_from_logits():
     logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0]]])  # (B=1, T=2, V=4)
     close(entropy_from_logits(logits), [[math.log(4), 0.0]])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_log_probs_and_entropy_over_chunks_of_positions_equal_the_whole_computation(temperature):
+    """C1: chunks of 2 positions (and of 1) give the log-probs, the entropy and their gradients of
+    the one-chunk computation within 1e-6 in fp32."""
+    from zerosearch.rl.algorithms import log_probs_from_logits
+
+    gen = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(3, 7, 50, generator=gen)).requires_grad_()
+    targets = torch.randint(0, 50, (3, 7), generator=gen)
+    weights = torch.rand(3, 7, generator=gen)
+
+    def run(chunk_elements, entropy):
+        logits.grad = None
+        lp, ent = log_probs_from_logits(logits, targets, temperature=temperature, entropy=entropy,
+                                        chunk_elements=chunk_elements)
+        ((lp + (ent if entropy == "grad" else 0)) * weights).sum().backward()
+        return lp.detach(), ent, logits.grad.clone()
+
+    for entropy in ("grad", "detached", None):
+        whole = run(10**9, entropy)
+        assert whole[0].shape == (3, 7) and whole[0].dtype == torch.float32
+        for chunk in (3 * 50 * 2, 1):  # 2 positions a chunk; 1 position (the minimum)
+            chunked = run(chunk, entropy)
+            torch.testing.assert_close(chunked[0], whole[0], rtol=0, atol=1e-6)
+            torch.testing.assert_close(chunked[2], whole[2], rtol=0, atol=1e-6)
+            if entropy is None:
+                assert chunked[1] is None and whole[1] is None
+            else:
+                torch.testing.assert_close(chunked[1].detach(), whole[1].detach(), rtol=0, atol=1e-6)
+                assert chunked[1].requires_grad == whole[1].requires_grad == (entropy == "grad")
+    z = logits.detach() / temperature
+    torch.testing.assert_close(whole[0], z.log_softmax(-1).gather(-1, targets[..., None])[..., 0], rtol=1e-6, atol=1e-6)
+
+
+def test_log_probs_of_bf16_logits_are_fp32_and_chunked_alike():
+    from zerosearch.rl.algorithms import log_probs_from_logits
+
+    logits = torch.randn(2, 5, 40, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    targets = torch.randint(0, 40, (2, 5), generator=torch.Generator().manual_seed(2))
+    whole, ent = log_probs_from_logits(logits, targets, entropy="detached")
+    chunked, ent_chunked = log_probs_from_logits(logits, targets, entropy="detached", chunk_elements=80)
+    assert whole.dtype == ent.dtype == torch.float32
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ent_chunked, ent, rtol=0, atol=1e-6)

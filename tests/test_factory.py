@@ -1,11 +1,12 @@
 import pytest
 
 from tests.conftest import micro_config
-from zerosearch.stages import data as data_stage
 from zerosearch.search.bm25 import BM25Engine
 from zerosearch.search.factory import make_engine, server_spec
 from zerosearch.search.hybrid import HybridEngine
 from zerosearch.search.simulated import SimulatedEngine
+from zerosearch.serving import server_command
+from zerosearch.stages import data as data_stage
 
 
 def test_make_engine_by_name(tmp_path):
@@ -29,7 +30,15 @@ def test_prompt_mode_uses_chat_and_paper_presets_serve_the_released_simulator(tm
                        "base.simulator_model=Qwen/Qwen2.5-14B-Instruct")
     sim = make_engine(cfg, "simulated", simulator_url="http://127.0.0.1:9/v1")
     assert sim.completer.api == "chat" and sim.completer.model == "Qwen/Qwen2.5-14B-Instruct"
-    spec = server_spec(micro_config(tmp_path, "simulator.backend=sglang", "simulator.tp=2", "simulator.dp=2"))
-    assert (spec.backend, spec.tp, spec.dp, spec.extra_args) == ("sglang", 2, 2, ())
+    spec = server_spec(micro_config(tmp_path, "simulator.backend=sglang", "simulator.tp=2", "simulator.dp=2",
+                                    "simulator.server_args=[--mem-fraction-static, '0.8']",
+                                    "simulator.cuda_visible_devices=0,1"))
+    assert (spec.backend, spec.tp, spec.dp, spec.extra_args) == ("sglang", 2, 2, ("--mem-fraction-static", "0.8"))
+    assert server_command(spec, 6001)[-2:] == ["--mem-fraction-static", "0.8"]
+    assert spec.env == {"CUDA_VISIBLE_DEVICES": "0,1"}
+    vllm = server_spec(micro_config(tmp_path, "simulator.backend=vllm", "simulator.cuda_visible_devices=3",
+                                    "simulator.server_args=[--gpu-memory-utilization, '0.85']"))
+    assert server_command(vllm, 6001)[-2:] == ["--gpu-memory-utilization", "0.85"]
+    assert vllm.env == {"CUDA_VISIBLE_DEVICES": "3"}  # a YAML int, the variable's text
     tiny = server_spec(cfg)
-    assert tiny.backend == "transformers" and "--continuous-batching" in tiny.extra_args
+    assert tiny.backend == "transformers" and "--continuous-batching" in tiny.extra_args and tiny.env is None

@@ -196,6 +196,30 @@ def test_llama_step_in_bfloat16_keeps_the_dtype_and_stays_close():
             torch.testing.assert_close(out[1][i].float(), expected.float(), atol=0.1, rtol=0.05)
 
 
+@pytest.mark.parametrize("make", [qwen2, llama3_with_biases], ids=["qwen2", "llama3-biases"])
+def test_llama_step_of_fp32_weights_computes_in_the_dtype_it_is_given(make):
+    """C2: under bf16 mixed precision the trainable weights are fp32; the rollout packs them in
+    bf16. The packed weights, K/V and logits are bf16, and the logits stay within 0.02 + 2% of the
+    fp32 transformers forward (seen: 0.004 at logits up to 0.56; bf16 rounds to ~0.4% per op)."""
+    from zerosearch.lm.kv_forward import pack_llama
+
+    model = make()
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    layer = pack_llama(model, torch.bfloat16)[0]
+    assert {layer.qkv.dtype, layer.o.dtype, layer.gate_up.dtype, layer.down.dtype, layer.input_norm[0].dtype} == {
+        torch.bfloat16}
+    assert pack_llama(model)[0].qkv.dtype == torch.float32  # None: the weights' own
+    decode = [[11, 12, 13]]
+    out, kv = run_steps(step_function(model, torch.bfloat16), ROWS, decode)
+    assert kv.layers[0].dtype == torch.bfloat16 and out[0].dtype == out[1].dtype == torch.bfloat16
+    with torch.no_grad():
+        for t, logits in enumerate(out):
+            for i, row in enumerate(ROWS):
+                expected = reference_logits(model, row + [d[i] for d in decode[:t]])
+                torch.testing.assert_close(logits[i].float(), expected, atol=0.02, rtol=0.02)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # the model itself is untouched
+
+
 def test_zero3_sharded_models_take_the_transformers_forward():
     model = qwen2()
     assert step_function(model).__qualname__.startswith("llama_step")

@@ -155,3 +155,21 @@ def test_a_stage_command_with_a_bad_params_file_fails_in_one_line_naming_the_key
     assert out.returncode == 2
     assert "train.total_stepz: unknown key" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "models").exists()
+
+
+def test_train_flow_opens_a_run_and_writes_metrics_only_in_the_main_process(tmp_path, monkeypatch):
+    """Under accelerate launch / torchrun every process runs the flow; RANK 0 alone tracks and writes."""
+    import contextlib
+
+    from flows import train as module
+
+    written, runs = [], []
+    monkeypatch.setattr(module, "load_config_task", lambda params, overrides: micro_config(tmp_path))
+    monkeypatch.setattr(module, "train_task", lambda cfg, tracker, resume: {"tracker": type(tracker).__name__})
+    monkeypatch.setattr(module, "write_metrics_task", lambda summary, path: written.append(path))
+    monkeypatch.setattr(module, "stage_run", lambda *a: runs.append(a) or contextlib.nullcontext(MemoryTracker()))
+    monkeypatch.setenv("RANK", "1")
+    assert module.train_flow.fn("params.yaml") == {"tracker": "NullTracker"} and written == runs == []
+    monkeypatch.setenv("RANK", "0")
+    assert module.train_flow.fn("params.yaml") == {"tracker": "MemoryTracker"}
+    assert written == [tmp_path / "metrics" / "train.json"] and len(runs) == 1

@@ -199,7 +199,8 @@ def test_rollouts_use_the_chat_template_when_the_params_say_so(tmp_path, monkeyp
     monkeypatch.setattr(trainer_module, "run_rollouts",
                         lambda *a, **kw: seen.update(settings=a[5], step=kw["step"]) or "batch")
     rows = [{"question": "q", "golden_answers": ["a"]}] * 4
-    acc = types.SimpleNamespace(process_index=0, num_processes=1, unwrap_model=lambda m: m)
+    acc = types.SimpleNamespace(process_index=0, num_processes=1, unwrap_model=lambda m: m,
+                                state=types.SimpleNamespace(deepspeed_plugin=None))
     for flag in (False, True):
         cfg = micro_config(tmp_path, f"base.chat_prompt={str(flag).lower()}")
         t = trainer_module.RLTrainer(cfg, None, rows, checkpoint_dir=tmp_path, accelerator=acc)
@@ -210,3 +211,58 @@ def test_rollouts_use_the_chat_template_when_the_params_say_so(tmp_path, monkeyp
         # the whole rollout configuration comes from the config, and the step reaches the engine
         assert seen["settings"] == RolloutSettings.from_config(cfg) and seen["step"] == 3
         assert seen["settings"].max_context_tokens == cfg.train.max_prompt_tokens
+
+
+def _count_backwards(trainer, monkeypatch) -> list[tuple[bool, float]]:
+    """(sync_gradients, loss value) of every backward the trainer runs."""
+    acc, calls = trainer.accelerator, []
+    backward = acc.backward
+
+    def counting(loss, **kwargs):
+        calls.append((acc.sync_gradients, float(loss.detach())))
+        return backward(loss, **kwargs)
+
+    monkeypatch.setattr(acc, "backward", counting)
+    return calls
+
+
+def test_one_optimizer_step_per_mini_batch_one_lr_step_per_training_step(micro_world, tmp_path, monkeypatch):
+    """4 rollouts, mini-batches of 2 in micro-batches of 1, 2 epochs: 4 optimizer steps per training step,
+    gradients synced (and DeepSpeed stepped) only on each mini-batch's last micro-batch; 1 LR step."""
+    cfg = _cfg(micro_world, tmp_path, "train.ppo_epochs=2", "train.warmup_ratio=0.75")  # warmup: 3 of 4 steps
+    trainer = _trainer(cfg, tmp_path / "ckpt")
+    trainer.setup()
+    steps = []
+    trainer.m.optimizer.optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    calls = _count_backwards(trainer, monkeypatch)
+    assert isinstance(trainer.m.scheduler, torch.optim.lr_scheduler.LambdaLR)  # not accelerate's wrapper
+    lrs = []
+    for step in range(2):
+        trainer.train_step(step)
+        lrs.append(trainer.m.scheduler.get_last_lr()[0])
+        assert len(steps) == 4 * (step + 1) and trainer.m.scheduler.last_epoch == step + 1
+    assert [sync for sync, _ in calls] == [False, True] * 8
+    assert lrs == [pytest.approx(1e-3 * 2 / 3), pytest.approx(1e-3)]  # (k + 1) / 3 after k LR steps
+
+
+def test_a_micro_batch_without_sampled_tokens_still_runs_forward_and_backward(micro_world, tmp_path, monkeypatch):
+    """A9: a zero-weight micro-batch is run with its loss times 0 (other processes would wait for its
+    collectives); its gradient is exactly nothing: the step equals the step on the other row alone."""
+    cfg = _cfg(micro_world, tmp_path, "train.mini_batch_size=4", "train.micro_batch_size=1", "train.kl_coef=0.0")
+    trainer = _trainer(cfg, tmp_path / "ckpt")
+    trainer.setup()
+    batch, group = trainer.rollout(0)
+    exp = trainer.make_experience(batch, torch.tensor([1.0, 0.0, 0.0, 1.0]), group)
+    exp.mask[1:] = 0.0  # only row 0 has sampled tokens
+    start = {k: v.clone() for k, v in trainer.m.policy.state_dict().items()}
+    calls = _count_backwards(trainer, monkeypatch)
+    trainer.update(exp, step=0)
+    assert len(calls) == 4 and sorted(loss == 0.0 for _, loss in calls) == [False, True, True, True]
+    with_zeros = [p.detach().clone() for p in trainer.m.policy.parameters()]
+
+    trainer.m.policy.load_state_dict(start)
+    trainer.m.optimizer.optimizer.state.clear()
+    trainer.update(exp.select(torch.tensor([0])), step=0)
+    alone = list(trainer.m.policy.parameters())
+    assert any(not torch.equal(a, start[n]) for (n, _), a in zip(trainer.m.policy.named_parameters(), alone))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(with_zeros, alone))

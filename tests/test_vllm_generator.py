@@ -1,6 +1,7 @@
 """The vllm rollout backend's glue, against a fake ``vllm`` module (vLLM itself needs a GPU and
 is not installed on CPU machines: what runs for real there is listed in the README)."""
 
+import os
 import sys
 import types
 
@@ -14,13 +15,42 @@ from zerosearch.protocol import Doc
 
 
 class FakeLLM:
-    """Records calls; answers each prompt with a scripted turn (token ids), like vLLM's outputs."""
+    """``vllm.LLM`` as far as the backend uses it, failing where the real one fails when misused:
 
-    def __init__(self, tok, turns):
-        self.tok, self.turns, self.calls, self.loaded, self.resets = tok, list(turns), [], {}, 0
-        model = types.SimpleNamespace(load_weights=lambda weights: self.loaded.update(dict(weights)))
-        worker = types.SimpleNamespace(worker=types.SimpleNamespace(model_runner=types.SimpleNamespace(model=model)))
-        self.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(driver_worker=worker))
+    - constructor arguments: only the real ones our code could pass (``LLM.__init__``'s own and
+      ``EngineArgs`` fields, vllm/entrypoints/llm.py); any other is the real ``TypeError``;
+    - ``llm_engine.model_executor`` exists only when the engine core is in this process: with
+      ``distributed_executor_backend="external_launcher"`` (vLLM's parallel config then turns V1
+      multiprocessing off) or ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (v1/engine/llm_engine.py);
+    - the external launcher's executor reads ``RANK``/``LOCAL_RANK`` (``int(os.environ[...])``) and
+      rendezvous at ``env://`` (``MASTER_ADDR``/``MASTER_PORT``).
+
+    ``script(tok, turns)`` sets the turns ``generate`` answers with (token ids, like vLLM's outputs)."""
+
+    ARGUMENTS = frozenset({"model", "tokenizer", "trust_remote_code", "tensor_parallel_size", "dtype", "seed",
+                           "gpu_memory_utilization", "enforce_eager", "enable_prefix_caching", "max_model_len",
+                           "distributed_executor_backend", "max_num_batched_tokens", "max_num_seqs",
+                           "enable_sleep_mode"})
+
+    def __init__(self, model, **kwargs):
+        unknown = sorted(set(kwargs) - self.ARGUMENTS)
+        if unknown:
+            raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument '{unknown[0]}'")
+        self.kwargs = {"model": model, **kwargs}
+        self.calls, self.loaded, self.resets, self.turns = [], {}, 0, []
+        self.llm_engine = types.SimpleNamespace()
+        external = kwargs.get("distributed_executor_backend") == "external_launcher"
+        if external:
+            self.rank = (int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+            self.rendezvous = f"{os.environ['MASTER_ADDR']}:{int(os.environ['MASTER_PORT'])}"
+        if external or os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+            model = types.SimpleNamespace(load_weights=lambda weights: self.loaded.update(dict(weights)))
+            worker = types.SimpleNamespace(worker=types.SimpleNamespace(model_runner=types.SimpleNamespace(model=model)))
+            self.llm_engine.model_executor = types.SimpleNamespace(driver_worker=worker)
+
+    def script(self, tok, turns):
+        self.tok, self.turns = tok, list(turns)
+        return self
 
     def generate(self, prompts, params, use_tqdm=True):
         self.calls.append((prompts, params))
@@ -33,16 +63,26 @@ class FakeLLM:
         self.resets += 1
 
 
+def in_process_llm(tok, turns=(), **kwargs):
+    from zerosearch.lm.vllm_generator import launcher_environment
+
+    os.environ.update(launcher_environment(0, 0, 1))
+    return FakeLLM("policy", distributed_executor_backend="external_launcher", **kwargs).script(tok, turns)
+
+
 @pytest.fixture
 def fake_vllm(monkeypatch):
     vllm = types.ModuleType("vllm")
     vllm.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
-    vllm.LLM = lambda **kw: types.SimpleNamespace(kwargs=kw)
+    vllm.LLM = FakeLLM
     inputs = types.ModuleType("vllm.inputs")
     inputs.TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}
     vllm.inputs = inputs
     monkeypatch.setitem(sys.modules, "vllm", vllm)
     monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "VLLM_ENABLE_V1_MULTIPROCESSING"):
+        monkeypatch.setenv(key, "")  # recorded, so what create() writes there is undone after the test
+        monkeypatch.delenv(key)
     return vllm
 
 
@@ -60,7 +100,7 @@ class Engine:
 def test_rollouts_through_vllm_keep_the_masks_and_stop_tokens(tok, fake_vllm):
     from zerosearch.lm.vllm_generator import VLLMGenerator
 
-    llm = FakeLLM(tok, ["<search> Kadmir </search>", "<answer> Velora </answer>"])
+    llm = in_process_llm(tok, ["<search> Kadmir </search>", "<answer> Velora </answer>"])
     gen = VLLMGenerator(llm, tok, temperature=0.8)
     batch = run_rollouts(gen, tok, Engine(), ["Where was Kadmir born?"] * 2, [["Velora"]] * 2,
                          RolloutSettings(max_turns=3, max_response_tokens=16, max_obs_tokens=64))
@@ -84,7 +124,7 @@ def test_sync_weights_loads_every_policy_tensor_and_resets_the_prefix_cache(tok,
 
     policy = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
                                           num_attention_heads=2, num_key_value_heads=1, intermediate_size=32))
-    llm = FakeLLM(tok, [])
+    llm = in_process_llm(tok)
     gen = VLLMGenerator(llm, tok)
     n = gen.sync_weights(policy)
     assert n == len(policy.state_dict()) and set(llm.loaded) == set(policy.state_dict())
@@ -109,3 +149,46 @@ def test_lora_policies_are_merged_with_checkpoint_names(tok, fake_vllm):
     q = next(n for n in names if n.endswith("q_proj.weight"))
     unmerged = dict(policy.get_base_model().state_dict())[q.replace("q_proj.weight", "q_proj.base_layer.weight")]
     assert not torch.allclose(weights[q], unmerged)  # the merged weight, read while merged
+
+
+def _policy(tok):
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1, intermediate_size=32))
+
+
+def test_create_builds_an_in_process_engine_on_this_rank(tok, fake_vllm, monkeypatch):
+    """A2 + A3: external_launcher (the engine core in this process, on LOCAL_RANK's GPU), the ranks
+    and the launcher's rendezvous in the environment; the weights then reach the engine's model."""
+    from zerosearch.lm.vllm_generator import VLLMGenerator
+
+    os.environ.update(MASTER_ADDR="10.0.0.1", MASTER_PORT="29500")  # as torchrun / accelerate launch set them
+    gen = VLLMGenerator.create("/models/policy", tok, gpu_memory_utilization=0.3, temperature=0.9, seed=7,
+                               rank=3, local_rank=1, world_size=4, max_model_len=2048)
+    assert gen.llm.kwargs == {"model": "/models/policy", "dtype": "bfloat16", "gpu_memory_utilization": 0.3,
+                              "enable_prefix_caching": True, "seed": 7, "max_model_len": 2048,
+                              "tensor_parallel_size": 1, "distributed_executor_backend": "external_launcher"}
+    assert gen.llm.rank == (3, 1, 4) and gen.llm.rendezvous == "10.0.0.1:29500"
+    policy = _policy(tok)
+    assert gen.sync_weights(policy) == len(policy.state_dict()) and gen.llm.resets == 1
+
+
+def test_a_single_process_engine_gets_ranks_and_a_rendezvous_too(tok, fake_vllm):
+    from zerosearch.lm.vllm_generator import VLLMGenerator, launcher_environment
+
+    gen = VLLMGenerator.create("p", tok, gpu_memory_utilization=0.3, temperature=1.0, seed=0)
+    assert gen.llm.rank == (0, 0, 1) and gen.llm.rendezvous.startswith("localhost:")
+    with pytest.raises(RuntimeError, match="2 training processes but no MASTER_PORT"):
+        launcher_environment(1, 1, 2, environ={})
+
+
+def test_the_fake_engine_fails_where_vllm_does(tok, fake_vllm, monkeypatch):
+    """D: the default executor runs the engine core in another process: no model to load into."""
+    from zerosearch.lm.vllm_generator import VLLMGenerator
+
+    with pytest.raises(TypeError, match="unexpected keyword argument 'prefix_caching'"):
+        FakeLLM("p", prefix_caching=True)
+    gen = VLLMGenerator(FakeLLM("p", enable_prefix_caching=True), tok)
+    with pytest.raises(RuntimeError, match="runs in another process.*external_launcher"):
+        gen.sync_weights(_policy(tok))
+    monkeypatch.setitem(os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    assert VLLMGenerator(FakeLLM("p"), tok).sync_weights(_policy(tok)) > 0

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -148,6 +155,7 @@ class SimulatorSection(_Section):
     url: str | Annotated[list[str], Field(min_length=1)] | None
     tp: PositiveInt
     dp: PositiveInt
+    cuda_visible_devices: str | None
     port: Annotated[int, Field(ge=0, le=65535)]
     server_args: list[str]
     startup_timeout: PositiveFloat
@@ -159,6 +167,12 @@ class SimulatorSection(_Section):
     max_tokens: PositiveInt
     temperature: Annotated[float, Field(ge=0.0)]
     curriculum: CurriculumSection
+
+    @field_validator("cuda_visible_devices", mode="before")
+    @classmethod
+    def _devices_as_text(cls, value: Any) -> Any:
+        """``cuda_visible_devices: 0`` is an int in YAML; the variable is text (``"0,1"``)."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 class LoraSection(_Section):

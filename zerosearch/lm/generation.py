@@ -65,13 +65,13 @@ class HFGenerator:
     cache kept per trajectory key across turns (``reuse_cache``)."""
 
     def __init__(self, model, tokenizer, *, temperature: float = 1.0, top_p: float = 1.0, do_sample: bool = True,
-                 reuse_cache: bool = True):
+                 reuse_cache: bool = True, dtype: torch.dtype | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.do_sample, self.temperature, self.reuse_cache = do_sample, temperature, reuse_cache
         self.top_p = TopPLogitsWarper(top_p) if do_sample and top_p < 1.0 else None
         self.stop_ids, self.stop_strings = stop_markers(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.step = step_function(model)
+        self.step = step_function(model, dtype)  # dtype: the compute dtype of a Llama-layout decoder
         self._kept: dict[Hashable, _KeptCache] = {}
 
     @torch.inference_mode()  # cheaper per op than no_grad: no version counters, no autograd state

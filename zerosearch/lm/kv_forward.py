@@ -115,13 +115,14 @@ class KVBuffers:
             buffer[:, rows, columns] = layer_values
 
 
-def step_function(model) -> Step:
-    """``llama_step`` when the model has the Llama layout, else ``transformers_step``. Parameters
-    sharded by DeepSpeed ZeRO-3 are gathered only inside module calls, and ``llama_step`` reads
-    the norms' weights directly: such models take ``transformers_step``."""
+def step_function(model, dtype: torch.dtype | None = None) -> Step:
+    """``llama_step`` (computing in ``dtype``, None: the weights' own) when the model has the
+    Llama layout, else ``transformers_step`` (in the weights' dtype). Parameters sharded by
+    DeepSpeed ZeRO-3 are gathered only inside module calls, and ``llama_step`` reads the norms'
+    weights directly: such models take ``transformers_step``."""
     causal_lm = unwrap(model)
     if has_llama_layout(causal_lm) and not zero3_sharded(causal_lm):
-        return llama_step(causal_lm)
+        return llama_step(causal_lm, dtype)
     return transformers_step(model)
 
 
@@ -173,32 +174,34 @@ def _grouped_mask(valid: torch.Tensor, length: int, q: int, group: int, like: to
     return like.new_zeros(seen.shape).masked_fill_(~seen, float("-inf"))
 
 
-def llama_step(causal_lm) -> Step:
+def llama_step(causal_lm, dtype: torch.dtype | None = None) -> Step:
     """The decoder of a Llama-layout model on ``KVBuffers``, over packed weights (``pack_llama``):
     per layer one matmul for q, k, v and the rotated halves of q and k, one SDPA call with each
     K/V head's query heads as its query rows (no K/V repeat), one matmul for gate and up, and the
     residual adds inside the o/down matmuls. The weights are packed again whenever a parameter
-    changed (an optimizer step, a new device) since the last pack."""
-    decoder, lm_head = causal_lm.model, causal_lm.lm_head
+    changed (an optimizer step, a new device) since the last pack.
+
+    ``dtype``: the compute dtype (bf16 when training's mixed precision is: the trainable weights
+    are fp32, and autocast does not reach these direct ops); the packed weights, embedding, norms
+    and head are cast to it. None: the weights' own dtype."""
+    decoder = causal_lm.model
     config, attn = causal_lm.config, decoder.layers[0].self_attn
     heads, kv_heads, dim, scale = config.num_attention_heads, config.num_key_value_heads, attn.head_dim, attn.scaling
     group, qk_heads = heads // kv_heads, heads + kv_heads
     params = list(causal_lm.parameters())
-    # The plain modules' functions, called directly (a module call costs more than these small ops).
-    embed = _direct(decoder.embed_tokens, torch.nn.Embedding, lambda m: partial(F.embedding, weight=m.weight))
-    lm_head = _direct(lm_head, torch.nn.Linear, lambda m: partial(F.linear, weight=m.weight, bias=m.bias))
     act = decoder.layers[0].mlp.act_fn
     act = F.silu if type(act).__name__ in ("SiLU", "SiLUActivation") else act
     packed: dict = {}
 
-    def current() -> tuple[list[_PackedLayer], _RotaryTable]:
+    def current() -> tuple[list[_PackedLayer], _RotaryTable, _PackedEnds]:
         state = [(p.data_ptr(), p._version) for p in params]
         if packed.get("state") != state:
-            packed.update(state=state, layers=pack_llama(causal_lm), rotary=_RotaryTable(decoder.rotary_emb))
-        return packed["layers"], packed["rotary"]
+            packed.update(state=state, layers=pack_llama(causal_lm, dtype), rotary=_RotaryTable(decoder.rotary_emb),
+                          ends=_PackedEnds.of(causal_lm, dtype))
+        return packed["layers"], packed["rotary"], packed["ends"]
 
     def step(ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, kv: KVBuffers) -> torch.Tensor:
-        layers, rotary = current()
+        layers, rotary, (embed, final_norm, lm_head) = current()
         rows, q = ids.shape
         fresh = valid[:, kv.length: kv.length + q]
         real = None  # a prefill's linear layers run on its real tokens only; attention on the padded grid
@@ -210,7 +213,7 @@ def llama_step(causal_lm) -> Step:
         cos, sin = rotary(positions.reshape(-1) if real is None else positions.reshape(-1)[real], x)
         mask = _grouped_mask(valid, kv.length, q, group, x)
         for i, layer in enumerate(layers):
-            h = F.rms_norm(x, layer.input_norm.weight.shape, layer.input_norm.weight, layer.input_norm.variance_epsilon)
+            h = _rms_norm(x, layer.input_norm)
             proj = torch.addmm(layer.qkv_bias, h, layer.qkv).view(len(x), -1, dim)
             qk = torch.addcmul(proj[:, :qk_heads] * cos, proj[:, qk_heads + kv_heads:], sin)  # rotary embedding
             qk = _on_grid(qk, real, rows * q).view(rows, q, qk_heads, dim)
@@ -220,15 +223,44 @@ def llama_step(causal_lm) -> Step:
             out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
             out = out.view(rows, heads, q, dim).transpose(1, 2).reshape(rows * q, heads * dim)
             x = _addmm(x, out if real is None else out[real], layer.o, layer.o_bias)
-            h = F.rms_norm(x, layer.post_norm.weight.shape, layer.post_norm.weight, layer.post_norm.variance_epsilon)
+            h = _rms_norm(x, layer.post_norm)
             gate, up = torch.addmm(layer.gate_up_bias, h, layer.gate_up).chunk(2, -1)
             x = _addmm(x, act(gate) * up, layer.down, layer.down_bias)
         kv.length += q
         if real is not None:
             x = x[fresh.sum(1).cumsum(0) - 1]  # each row's last token
-        return lm_head(F.rms_norm(x, decoder.norm.weight.shape, decoder.norm.weight, decoder.norm.variance_epsilon))
+        return lm_head(_rms_norm(x, final_norm))
 
     return step
+
+
+Norm = tuple[torch.Tensor, float]  # an RMS norm's weight and epsilon
+
+
+def _rms_norm(x: torch.Tensor, norm: Norm) -> torch.Tensor:
+    return F.rms_norm(x, norm[0].shape, norm[0], norm[1])
+
+
+def _norm(module: torch.nn.Module, dtype: torch.dtype | None) -> Norm:
+    return _cast(module.weight, dtype), module.variance_epsilon
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
+    """``t`` in ``dtype`` (itself when it already is, or when ``dtype`` is None)."""
+    return t if t is None or dtype is None else t.to(dtype)
+
+
+class _PackedEnds(tuple):
+    """(embed, final norm, lm_head) of a Llama-layout model for ``llama_step``, in ``dtype``."""
+
+    @classmethod
+    def of(cls, causal_lm, dtype: torch.dtype | None) -> _PackedEnds:
+        # The plain modules' functions, called directly (a module call costs more than these small ops).
+        embed = _direct(causal_lm.model.embed_tokens, torch.nn.Embedding,
+                        lambda m: partial(F.embedding, weight=_cast(m.weight, dtype)), dtype)
+        lm_head = _direct(causal_lm.lm_head, torch.nn.Linear,
+                          lambda m: partial(F.linear, weight=_cast(m.weight, dtype), bias=_cast(m.bias, dtype)), dtype)
+        return cls((embed, _norm(causal_lm.model.norm, dtype), lm_head))
 
 
 @dataclass
@@ -243,15 +275,16 @@ class _PackedLayer:
     gate_up_bias: torch.Tensor
     down: torch.Tensor
     down_bias: torch.Tensor | None
-    input_norm: torch.nn.Module
-    post_norm: torch.nn.Module
+    input_norm: Norm
+    post_norm: Norm
 
 
 @torch.no_grad()
-def pack_llama(causal_lm) -> list[_PackedLayer]:
-    """Each layer's projections as computed now (LoRA adapters merged), packed for ``llama_step``.
-    A copy of the layer weights, with q and k twice: rotary embedding's ``rotate_half`` is a signed
-    permutation of output rows, so it is folded into the projection."""
+def pack_llama(causal_lm, dtype: torch.dtype | None = None) -> list[_PackedLayer]:
+    """Each layer's projections as computed now (LoRA adapters merged), packed for ``llama_step``,
+    in ``dtype`` (None: the weights' own). A copy of the layer weights, with q and k twice: rotary
+    embedding's ``rotate_half`` is a signed permutation of output rows, so it is folded into the
+    projection."""
     packed = []
     for layer in causal_lm.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
@@ -262,11 +295,13 @@ def pack_llama(causal_lm) -> list[_PackedLayer]:
         bq, bk, bv, bg, bu = (b if b is not None else w.new_zeros(w.shape[0])
                               for w, b in ((wq, bq), (wk, bk), (wv, bv), (wg, bg), (wu, bu)))
         packed.append(_PackedLayer(
-            qkv=torch.cat([wq, wk, wv, _rotate_half_rows(wq, dim), _rotate_half_rows(wk, dim)]).t().contiguous(),
-            qkv_bias=torch.cat([bq, bk, bv, _rotate_half_rows(bq, dim), _rotate_half_rows(bk, dim)]),
-            o=wo.t().contiguous(), o_bias=bo, gate_up=torch.cat([wg, wu]).t().contiguous(),
-            gate_up_bias=torch.cat([bg, bu]), down=wd.t().contiguous(), down_bias=bd,
-            input_norm=layer.input_layernorm, post_norm=layer.post_attention_layernorm))
+            qkv=_cast(torch.cat([wq, wk, wv, _rotate_half_rows(wq, dim), _rotate_half_rows(wk, dim)]).t(), dtype)
+            .contiguous(),
+            qkv_bias=_cast(torch.cat([bq, bk, bv, _rotate_half_rows(bq, dim), _rotate_half_rows(bk, dim)]), dtype),
+            o=_cast(wo.t(), dtype).contiguous(), o_bias=_cast(bo, dtype),
+            gate_up=_cast(torch.cat([wg, wu]).t(), dtype).contiguous(), gate_up_bias=_cast(torch.cat([bg, bu]), dtype),
+            down=_cast(wd.t(), dtype).contiguous(), down_bias=_cast(bd, dtype),
+            input_norm=_norm(layer.input_layernorm, dtype), post_norm=_norm(layer.post_attention_layernorm, dtype)))
     return packed
 
 
@@ -287,10 +322,15 @@ def _rotate_half_rows(w: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat((-per_head[:, dim // 2:], per_head[:, : dim // 2]), 1).reshape(w.shape)
 
 
-def _direct(module: torch.nn.Module, plain: type, function: Callable) -> Callable:
+def _direct(module: torch.nn.Module, plain: type, function: Callable, dtype: torch.dtype | None) -> Callable:
     """``function(module)`` when ``module`` is exactly of type ``plain`` (not a LoRA or other
-    wrapper), else the module itself."""
-    return function(module) if type(module) is plain else module
+    wrapper), else the module itself (its input in its own dtype, its output in ``dtype``)."""
+    if type(module) is plain:
+        return function(module)
+    if dtype is None:
+        return module
+    own = next(module.parameters()).dtype
+    return lambda x: module(x if not x.is_floating_point() else x.to(own)).to(dtype)
 
 
 def _on_grid(t: torch.Tensor, real: torch.Tensor | None, size: int) -> torch.Tensor:

@@ -129,10 +129,12 @@ def resolve_attn_implementation(requested: str = "auto") -> str:
     return "sdpa"
 
 
-def load_model(name: str, *, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
+def load_model(name: str, *, dtype: torch.dtype | str | None = None, trust_remote_code: bool = False,
                attn_implementation: str = "auto"):
     """Load a causal LM and its tokenizer (safetensors only) from a directory or hub id.
-    ``attn_implementation``: see ``resolve_attn_implementation``."""
+    ``dtype``: None or ``"auto"`` is the checkpoint's own (transformers 5 treats None as
+    ``"auto"``: bf16 for Qwen2.5 and Llama-3.2); pass ``torch.float32`` for weights an optimizer
+    updates directly. ``attn_implementation``: see ``resolve_attn_implementation``."""
     resolve_model_path(name)
     model = AutoModelForCausalLM.from_pretrained(
         name, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,

@@ -8,14 +8,26 @@ the stop token kept), so the rollout container and its masks are the same as wit
 Before every rollout the trainer calls ``sync_weights(policy)``: the policy's current
 weights are loaded into the engine's model in place (``model.load_weights``, the same route
 TRL's colocated vLLM mode takes), LoRA adapters merged first, and the prefix cache is reset
-(cached K/V belong to the old weights). Not exercised in CI: vLLM needs a GPU and is not
+(cached K/V belong to the old weights).
+
+The engine is built the way TRL's colocated mode builds it (``trl/generation/vllm_generation.py``):
+``distributed_executor_backend="external_launcher"``, which keeps vLLM's engine core in this
+process (vLLM's parallel config turns V1 multiprocessing off for it; only then does
+``llm.llm_engine.model_executor``, the route to the model, exist) and makes each training
+process's engine its own rank's, on the GPU of its ``LOCAL_RANK`` (the default executor puts
+every rank's engine on GPU 0). That executor reads ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``
+and rendezvous at ``MASTER_ADDR:MASTER_PORT``: they are set for a single process too
+(``launcher_environment``). Not exercised in CI: vLLM needs a GPU and is not
 installed on the CPU machines; tests/test_vllm_generator.py checks this glue against a fake
 ``vllm`` module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Sequence
+import os
+import socket
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -45,12 +57,15 @@ class VLLMGenerator:
 
     @classmethod
     def create(cls, model_path: str, tokenizer, *, gpu_memory_utilization: float, temperature: float,
-               seed: int, dtype: str = "bfloat16", max_model_len: int | None = None) -> VLLMGenerator:
-        """An engine for the policy at ``model_path`` sharing the GPU with training."""
+               seed: int, rank: int = 0, local_rank: int = 0, world_size: int = 1, dtype: str = "bfloat16",
+               max_model_len: int | None = None) -> VLLMGenerator:
+        """An engine in this process for the policy at ``model_path``, sharing this process's GPU
+        (``local_rank``) with training; ``rank`` of ``world_size`` training processes. The caller
+        waits for every process once all engines are built (``accelerator.wait_for_everyone``)."""
         vllm = _import_vllm()
-        llm = vllm.LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                       enable_prefix_caching=True, seed=seed, max_model_len=max_model_len,
-                       tensor_parallel_size=1)
+        os.environ.update(launcher_environment(rank, local_rank, world_size))
+        llm = vllm.LLM(**engine_arguments(model_path, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
+                                          dtype=dtype, max_model_len=max_model_len))
         return cls(llm, tokenizer, temperature=temperature, seed=seed)
 
     def sampling_params(self, max_new_tokens: int):
@@ -85,11 +100,47 @@ class VLLMGenerator:
         return count
 
     def _engine_model(self):
-        """The engine's ``nn.Module`` (single process: ``VLLM_ENABLE_V1_MULTIPROCESSING=0``)."""
-        executor = self.llm.llm_engine.model_executor
+        """The engine's ``nn.Module``; reachable only when the engine core lives in this process
+        (``external_launcher``, or ``VLLM_ENABLE_V1_MULTIPROCESSING=0``)."""
+        executor = getattr(self.llm.llm_engine, "model_executor", None)
+        if executor is None:
+            raise RuntimeError("the vLLM engine runs in another process (V1 multiprocessing): its model cannot "
+                               "take the policy's weights; build it with VLLMGenerator.create "
+                               "(distributed_executor_backend='external_launcher')")
         worker = executor.driver_worker
         worker = getattr(worker, "worker", worker)  # V1 wraps the worker once more
         return worker.model_runner.model
+
+
+def engine_arguments(model_path: str, *, gpu_memory_utilization: float, seed: int, dtype: str,
+                     max_model_len: int | None) -> dict[str, Any]:
+    """``vllm.LLM``'s arguments for an engine colocated with a training process."""
+    return {"model": model_path, "dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization,
+            "enable_prefix_caching": True, "seed": seed, "max_model_len": max_model_len, "tensor_parallel_size": 1,
+            "distributed_executor_backend": "external_launcher"}
+
+
+def launcher_environment(rank: int, local_rank: int, world_size: int,
+                         environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """What vLLM's external-launcher executor reads from the environment: this process's ranks and
+    the rendezvous address. A launcher (``torchrun``, ``accelerate launch``) already set
+    ``MASTER_ADDR``/``MASTER_PORT``; a single process gets localhost and a free port."""
+    env = {"RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world_size),
+           "MASTER_ADDR": environ.get("MASTER_ADDR", "localhost")}
+    if "MASTER_PORT" in environ:
+        env["MASTER_PORT"] = environ["MASTER_PORT"]
+    elif world_size == 1:
+        env["MASTER_PORT"] = str(free_port())
+    else:
+        raise RuntimeError(f"{world_size} training processes but no MASTER_PORT in the environment: "
+                           "launch with torchrun or accelerate launch")
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
 
 
 def policy_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:

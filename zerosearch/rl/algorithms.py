@@ -38,6 +38,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
 AdvantageFn = Callable[..., tuple[Tensor, Tensor]]
@@ -462,3 +463,71 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     """
     probs = torch.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+
+
+# Logits entries (rows x positions x vocabulary) per chunk of ``log_probs_from_logits``: 512 MiB
+# in fp32. A micro-batch of 16 with a 152k vocabulary is then ~55 positions a chunk; the tiny
+# world's micro-batches (1k vocabulary) are one chunk.
+LOG_PROB_CHUNK_ELEMENTS = 2**27
+
+EntropyMode = Literal["grad", "detached"]
+
+
+def log_probs_from_logits(logits: Tensor, targets: Tensor, *, temperature: float = 1.0,
+                          entropy: EntropyMode | None = None,
+                          chunk_elements: int = LOG_PROB_CHUNK_ELEMENTS) -> tuple[Tensor, Tensor | None]:
+    """Log-prob of each target token under ``softmax(logits / temperature)``, and optionally the
+    entropy there, over chunks of positions: only one chunk's fp32 copy and softmax exist at a
+    time, where the whole ``(B, T, V)`` would take tens of GB at 150k vocabulary entries.
+
+    Args:
+        logits: ``(B, T, V)``, any float dtype (bf16 from a model under mixed precision).
+        targets: ``(B, T)`` token ids.
+        entropy: ``None`` (not computed), ``"grad"`` (differentiable: an entropy bonus) or
+            ``"detached"`` (for logging: computed without autograd).
+        chunk_elements: logits entries per chunk. Logits that fit are one chunk, computed by the
+            same ops as without chunking; under autograd a chunk is recomputed in the backward
+            (``torch.utils.checkpoint``) instead of keeping its fp32 copy.
+
+    Returns:
+        ``(B, T)`` log-probs (fp32) and ``(B, T)`` entropy or ``None``.
+    """
+    rows, length, vocab = logits.shape
+    width = max(1, chunk_elements // max(1, rows * vocab))
+    if width >= length:
+        return _chunk_log_probs(logits, targets, temperature, entropy)
+    parts = [_checkpointed_log_probs(logits[:, i: i + width], targets[:, i: i + width], temperature, entropy)
+             for i in range(0, length, width)]
+    log_probs = torch.cat([lp for lp, _ in parts], 1)
+    return log_probs, (torch.cat([e for _, e in parts], 1) if entropy is not None else None)
+
+
+def _scaled_fp32(logits: Tensor, temperature: float) -> Tensor:
+    z = logits.float()
+    return z / temperature if temperature != 1.0 else z
+
+
+def _chunk_log_probs(logits: Tensor, targets: Tensor, temperature: float,
+                     entropy: EntropyMode | None) -> tuple[Tensor, Tensor | None]:
+    z = _scaled_fp32(logits, temperature)
+    log_probs = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
+    if entropy is None:
+        return log_probs, None
+    if entropy == "grad":
+        return log_probs, entropy_from_logits(z)
+    with torch.no_grad():
+        return log_probs, entropy_from_logits(z)
+
+
+def _checkpointed_log_probs(logits: Tensor, targets: Tensor, temperature: float,
+                            entropy: EntropyMode | None) -> tuple[Tensor, Tensor | None]:
+    """One chunk; under autograd its fp32 intermediates are recomputed in the backward."""
+    if not (torch.is_grad_enabled() and logits.requires_grad):
+        return _chunk_log_probs(logits, targets, temperature, entropy)
+    grad_entropy = entropy == "grad"
+    log_probs, ent = checkpoint(_chunk_log_probs, logits, targets, temperature, "grad" if grad_entropy else None,
+                                use_reentrant=False)
+    if entropy == "detached":
+        with torch.no_grad():
+            ent = entropy_from_logits(_scaled_fp32(logits, temperature))
+    return log_probs, ent

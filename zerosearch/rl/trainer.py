@@ -12,7 +12,8 @@ One training step:
 4. ``ppo_epochs`` passes over shuffled mini-batches of ``mini_batch_size`` trajectories,
    each accumulated over micro-batches: clipped policy loss (+ KL loss for GRPO, - entropy
    bonus), clipped value loss for the critic, gradient clipping, one optimizer step per
-   mini-batch; the learning rate warms up linearly, then stays constant.
+   mini-batch; the learning rate warms up linearly, then stays constant (one LR step per
+   training step).
 
 Only tokens the policy sampled enter any loss (the rollout's loss mask): retrieved
 documents and corrective messages are state, not actions.
@@ -20,19 +21,31 @@ documents and corrective messages are state, not actions.
 Departures from the reference (Search-R1 / ZeroSearch on veRL):
 
 - Losses are token-means over a whole mini-batch (micro-batch losses are weighted by their
-  share of the mini-batch's tokens), so gradient accumulation does not change the result.
+  share of the mini-batch's tokens over all processes), so neither gradient accumulation nor
+  the process count changes the loss a mini-batch defines.
 - The LR schedule advances once per training step, not once per mini-batch.
 - PPO's critic is ``AutoModelForTokenClassification`` (one label) initialised from the
   policy's weights with a fresh head, a separate model as in veRL.
 - With LoRA the reference model is the policy with its adapters disabled (no second copy).
 
-Distribution goes through ``accelerate`` (models, optimizers, backward, gradient clipping;
-only the main process writes checkpoints): the same code runs single-process on CPU and under
-``accelerate launch`` with the DeepSpeed configs in ``configs/accelerate/`` on GPUs: data
-parallel, each process rolls out and trains on ``batch_prompts / processes`` prompts (whole
-groups) and the optimizer steps on the averaged gradients; the reference model and the critic
-are placed like the policy (a replica per process, or sharded by ZeRO-3). Logged metrics are
-the main process's share; REINFORCE++'s batch normalization is per process.
+Distribution goes through ``accelerate`` (models, optimizers, backward, gradient clipping):
+the same code runs single-process, under ``torchrun`` on CPUs (``build_accelerator``: data
+parallel over gloo, ``MULTI_CPU``) and under ``accelerate launch`` with the DeepSpeed configs
+in ``configs/accelerate/`` on GPUs. Each process rolls out ``batch_prompts / processes``
+prompts (whole groups) and trains on ``mini_batch_size / processes`` trajectories of each
+mini-batch (both are numbers for all processes together). Gradients sync on a mini-batch's
+last micro-batch only, so the optimizer steps once per mini-batch (under DeepSpeed too: the
+engine's micro-batch, accumulation, clipping and bf16 are written from params before
+``prepare``), and the LR scheduler, kept out of accelerate, once per training step. Every
+process runs every micro-batch's forward and backward, one without sampled tokens with its
+loss times 0, so no collective waits for a process that skipped one. The trainable models
+load in fp32 unless DeepSpeed keeps fp32 master weights (``master_dtype``); the reference
+model and the critic are placed like the policy (a replica per process). ``check_deepspeed`` refuses
+what is not right under DeepSpeed yet: ZeRO-3, PPO (its critic needs a second engine) and ``--resume``.
+Logged metrics are over all processes (rewards and EM gathered, per-trajectory means averaged,
+counts and the loss statistics' token shares summed, times the slowest process's);
+``noisy_fraction`` is the mean of the processes' fractions and REINFORCE++'s batch
+normalization is per process. Only the main process writes checkpoints and logs metrics.
 ``train.mixed_precision`` (``auto``: bf16 on CUDA) and ``base.attn_implementation`` (``auto``:
 flash-attn when installed) apply there.
 
@@ -43,11 +56,13 @@ engine for the run, the policy's weights loaded into it before every rollout).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -56,15 +71,15 @@ import torch
 from torch import Tensor
 
 from zerosearch.agent.rollout import RolloutBatch, RolloutSettings, run_rollouts
-from zerosearch.config import Config
+from zerosearch.config import Config, TrainSection
 from zerosearch.lm.generation import HFGenerator
 from zerosearch.protocol import SearchEngine
 from zerosearch.rewards import exact_match, get_reward
 from zerosearch.rl.algorithms import (
     aggregate,
-    entropy_from_logits,
     get_advantage,
     get_kl,
+    log_probs_from_logits,
     policy_loss,
     value_loss,
 )
@@ -87,6 +102,105 @@ def resolve_mixed_precision(value: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+def build_accelerator(t: TrainSection):
+    """The run's ``Accelerator``. Launched as several processes on a machine without an
+    accelerator device (``torchrun`` on CPUs), it is told to run on the CPU: accelerate then
+    runs data parallel over gloo (``MULTI_CPU``) instead of N unaware single-process copies."""
+    from accelerate import Accelerator
+
+    device = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    cpu = launched_world_size() > 1 and not device
+    return Accelerator(mixed_precision=resolve_mixed_precision(t.mixed_precision), cpu=cpu)
+
+
+def launched_world_size(environ: Mapping[str, str] = os.environ) -> int:
+    """The process count a launcher (``torchrun``, ``accelerate launch``) announced: ``WORLD_SIZE``."""
+    return int(environ.get("WORLD_SIZE", "1"))
+
+
+def check_launch(accelerator, environ: Mapping[str, str] = os.environ) -> None:
+    """Say how the run is distributed (one line per process); refuse a launch of several
+    processes that accelerate sees as one (each would train alone and write the outputs)."""
+    n, world = accelerator.num_processes, launched_world_size(environ)
+    kind = getattr(accelerator, "distributed_type", "?")
+    print(f"train: process {accelerator.process_index} of {n}, distributed type {kind}, "
+          f"device {getattr(accelerator, 'device', '?')}", flush=True)
+    if world > 1 and n == 1:
+        raise RuntimeError(
+            f"WORLD_SIZE={world} in the environment but accelerate sees 1 process (distributed type {kind}): "
+            "the processes would train as independent copies. Launch with `accelerate launch` or `torchrun` "
+            "on the machine's devices, or set ACCELERATE_USE_CPU=1 for data parallel on CPUs")
+
+
+def deepspeed_values(t: TrainSection, num_processes: int, mixed_precision: str) -> dict[str, Any]:
+    """The DeepSpeed config entries the trainer's design fixes, from params: a micro-batch of
+    ``micro_batch_size`` per process, as many micro-batches accumulated as make this process's
+    share of a mini-batch (one engine step per mini-batch; ``train_batch_size`` is then
+    ``mini_batch_size``), ``max_grad_norm`` clipping (the engine clips, accelerate's
+    ``clip_grad_norm_`` only reads the norm), bf16/fp16 as ``mixed_precision``."""
+    local = t.mini_batch_size // num_processes
+    return {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": local // t.micro_batch_size,
+        "train_batch_size": t.mini_batch_size,
+        "gradient_clipping": t.max_grad_norm,
+        "bf16": {"enabled": mixed_precision == "bf16"},
+        "fp16": {"enabled": mixed_precision == "fp16"},
+    }
+
+
+def apply_deepspeed_values(config: dict[str, Any], values: dict[str, Any]) -> None:
+    """Write ``values`` into a DeepSpeed config dict in place, over ``"auto"`` and over what the
+    launch config said (sections merge: ``bf16: {enabled: ...}`` keeps the section's other keys)."""
+    for key, value in values.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+
+
+ZERO3_REFUSED = (
+    "DeepSpeed ZeRO-3 is not supported by this trainer: the reference model would never be initialised "
+    "by DeepSpeed (its forward would run on empty partitioned parameters), the decode loop runs a different "
+    "number of forwards per process (ZeRO-3's per-forward all-gathers would hang), generation under "
+    "inference_mode breaks ZeRO-3's later backward, and checkpoints are written by the main process alone "
+    "(they would hold the partition placeholders). Launch with configs/accelerate/deepspeed_zero2.yaml "
+    "(with train.lora.enabled: true for a policy that does not fit ZeRO-2 in full)")
+PPO_REFUSED = (
+    "train.algorithm: ppo is not supported under DeepSpeed: one Accelerator drives one DeepSpeed engine, "
+    "so the critic's backward and step would go through the policy's engine (the critic never steps, the "
+    "policy takes extra momentum steps, and ZeRO-2 asserts 'Gradient computed twice'). Use grpo or "
+    "reinforce_pp under DeepSpeed, or run PPO data parallel without it: "
+    "accelerate launch --multi_gpu --num_processes N -m zerosearch.cli train ...")
+RESUME_REFUSED = (
+    "--resume is not supported under DeepSpeed: the optimizer state would be one process's ZeRO partition "
+    "(DeepSpeed's own checkpoints, accelerator.save_state/load_state, are not wired in), so checkpoints "
+    "written under DeepSpeed hold the policy but no optimizer state. Start a fresh run, or train without "
+    "DeepSpeed to resume")
+
+
+def check_deepspeed(plugin, t: TrainSection, *, resume: bool = False) -> None:
+    """Refuse, before any model is loaded, what the trainer does not do right under DeepSpeed
+    (``plugin``: accelerate's DeepSpeed plugin, None without DeepSpeed): ZeRO-3, PPO's second
+    engine, resuming the optimizer state."""
+    if plugin is None:
+        return
+    if plugin.zero_stage == 3:
+        raise ValueError(ZERO3_REFUSED)
+    if t.algorithm == "ppo":
+        raise ValueError(PPO_REFUSED)
+    if resume:
+        raise ValueError(RESUME_REFUSED)
+
+
+def master_dtype(deepspeed: bool) -> torch.dtype | str:
+    """The dtype to load the trainable models (policy, critic) and the reference in.
+
+    Without DeepSpeed, fp32: accelerate's mixed precision is autocast only, so the optimizer
+    updates the loaded weights themselves, and bf16 weights round most lr-1e-6 updates away
+    (transformers 5 loads ``dtype=None`` as ``"auto"``, bf16 for Qwen2.5/Llama-3.2). Under
+    DeepSpeed, the checkpoint's own (``"auto"``): the engine casts the module to its bf16/fp16
+    and keeps fp32 master weights in the optimizer itself."""
+    return "auto" if deepspeed else torch.float32
+
+
 @dataclass(frozen=True)
 class AlgorithmSpec:
     """How an algorithm name maps onto the pure functions."""
@@ -95,6 +209,10 @@ class AlgorithmSpec:
     kl_in_reward: bool  # True: KL penalty folded into token rewards; False: a KL loss term
     critic: bool
 
+
+# RolloutBatch.stats() entries that are counts (summed over processes); the others are
+# per-trajectory means, averaged over processes (each has as many trajectories).
+COUNTED_STATS = ("truncated_observations", "turns_hit_length_limit", "context_limit_stops")
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     "grpo": AlgorithmSpec(advantage="grpo", kl_in_reward=False, critic=False),
@@ -138,18 +256,15 @@ def token_log_probs(model, input_ids: Tensor, attention_mask: Tensor, temperatur
     (``with_entropy="grad"``: with its gradient, for an entropy bonus; ``True``: detached).
 
     Only positions ``>= start`` are computed (``logits_to_keep``: with a 150k vocabulary the
-    prompt's logits would dominate memory); earlier positions are 0.
+    prompt's logits would dominate memory); earlier positions are 0. Log-probs and entropy are
+    computed over chunks of positions (``log_probs_from_logits``); no KV cache is built.
     """
     length = input_ids.shape[1]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   logits_to_keep=length - start).logits[:, :-1].float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    targets = input_ids[:, start + 1:].unsqueeze(-1)
-    log_probs = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    entropy = None
-    if with_entropy:  # differentiable only when it is in the loss (an entropy bonus)
-        entropy = entropy_from_logits(logits if with_entropy == "grad" else logits.detach())
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=length - start,
+                   use_cache=False).logits[:, :-1]
+    entropy_mode = "grad" if with_entropy == "grad" else ("detached" if with_entropy else None)
+    log_probs, entropy = log_probs_from_logits(logits, input_ids[:, start + 1:], temperature=temperature,
+                                               entropy=entropy_mode)
     pad = (lambda x: torch.nn.functional.pad(x, (start, 0))) if start else (lambda x: x)
     return pad(log_probs), (pad(entropy) if entropy is not None else None)
 
@@ -162,7 +277,7 @@ def first_scored_position(mask: Tensor) -> int:
 
 def critic_values(critic, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """The critic's value of each prefix, aligned with ``token_log_probs``: ``(B, L - 1)``."""
-    return critic(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1, 0].float()
+    return critic(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1, 0].float()
 
 
 def constant_with_warmup(warmup_steps: int) -> Callable[[int], float]:
@@ -192,8 +307,6 @@ class RLTrainer:
     def __init__(self, cfg: Config, engine: SearchEngine, train_rows: Sequence[dict], *,
                  checkpoint_dir: str | Path, tracker: Tracker = NullTracker(),
                  on_step: Callable[[int, dict[str, float]], None] | None = None, accelerator=None):
-        from accelerate import Accelerator
-
         self.cfg, self.t = cfg, cfg.train
         self.spec = ALGORITHMS[self.t.algorithm]
         self.engine, self.rows = engine, list(train_rows)
@@ -202,7 +315,9 @@ class RLTrainer:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.tracker, self.on_step = tracker, on_step
         self.rollout_settings = RolloutSettings.from_config(cfg)
-        self.accelerator = accelerator or Accelerator(mixed_precision=resolve_mixed_precision(self.t.mixed_precision))
+        self.accelerator = accelerator or build_accelerator(self.t)
+        check_launch(self.accelerator)
+        check_deepspeed(self._deepspeed_plugin(), self.t)
         self.reward_fn = get_reward(self.t.reward)
         self.history: list[dict[str, float]] = []
         self.start_step = 0
@@ -213,6 +328,7 @@ class RLTrainer:
 
     def setup(self, resume: bool = False) -> int:
         """Load models (from the newest checkpoint when ``resume``); returns the first step to run."""
+        check_deepspeed(self._deepspeed_plugin(), self.t, resume=resume)
         ckpt = latest_checkpoint(self.checkpoint_dir) if resume else None
         if resume and ckpt is None:
             print(f"--resume: no checkpoint under {self.checkpoint_dir}; starting from step 0")
@@ -225,6 +341,9 @@ class RLTrainer:
             if diff:
                 raise ValueError(f"cannot resume from {ckpt}: the config changed since it was written:\n  "
                                  + "\n  ".join(diff) + "\nrestore those values or start a fresh run")
+            if trainer_state.get("optimizer") is None:
+                raise ValueError(f"cannot resume from {ckpt}: it was written under DeepSpeed and holds no "
+                                 "optimizer state; start a fresh run")
             self.m.optimizer.load_state_dict(trainer_state["optimizer"])
             self.m.scheduler.load_state_dict(trainer_state["scheduler"])
             if self.m.critic_optimizer is not None:
@@ -235,29 +354,31 @@ class RLTrainer:
         return self.start_step
 
     def _check_process_split(self) -> None:
-        """Each of N processes trains on batch_prompts / N prompts: the numbers must divide."""
+        """Each of N processes trains on batch_prompts / N prompts and mini_batch_size / N of
+        each mini-batch (both are numbers for all processes together): they must divide."""
         n, t = self.accelerator.num_processes, self.t
         if n == 1:
             return
         if t.batch_prompts % n:
             raise ValueError(f"train.batch_prompts ({t.batch_prompts}) must be a multiple of the {n} processes")
-        local = t.batch_prompts // n * t.group_size
-        if local % t.mini_batch_size:
-            raise ValueError(f"train.mini_batch_size ({t.mini_batch_size}) must divide the {local} rollouts each of "
-                             f"the {n} processes makes (batch_prompts / processes x group_size)")
+        if t.mini_batch_size % n or t.mini_batch_size // n % t.micro_batch_size:
+            raise ValueError(f"train.mini_batch_size ({t.mini_batch_size}, trajectories of all processes) must split "
+                             f"into {n} equal shares, each a multiple of train.micro_batch_size "
+                             f"({t.micro_batch_size}, per process)")
 
     def _build_models(self, ckpt: Path | None) -> Models:
         from zerosearch.lm.models import load_model
 
         t, base = self.t, self.cfg.base
-        trust = base.trust_remote_code
+        trust, dtype = base.trust_remote_code, master_dtype(self._deepspeed_plugin() is not None)
         source = ckpt / "policy" if ckpt is not None and not t.lora.enabled else base.policy_model
-        policy, tokenizer = load_model(str(source), trust_remote_code=trust, attn_implementation=base.attn_implementation)
+        policy, tokenizer = load_model(str(source), dtype=dtype, trust_remote_code=trust,
+                                       attn_implementation=base.attn_implementation)
         reference = None
         if t.lora.enabled:
             policy = self._with_lora(policy, ckpt)
-        elif t.kl_coef > 0:
-            reference = (load_model(base.policy_model, trust_remote_code=trust,
+        elif t.kl_coef > 0:  # a resumed run loads it as a fresh run copies it: in the policy's dtype
+            reference = (load_model(base.policy_model, dtype=dtype, trust_remote_code=trust,
                                     attn_implementation=base.attn_implementation)[0]
                          if ckpt else copy.deepcopy(policy))
             reference.requires_grad_(False).eval()
@@ -271,15 +392,26 @@ class RLTrainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, constant_with_warmup(warmup))
         critic = critic_optimizer = None
         if self.spec.critic:
-            critic = self._load_critic(ckpt)
+            critic = self._load_critic(ckpt, dtype)
             critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=t.critic_lr, weight_decay=0.01)
         acc = self.accelerator
-        policy, optimizer, scheduler = acc.prepare(policy, optimizer, scheduler)
+        plugin = self._deepspeed_plugin()
+        if plugin is not None:  # integers before prepare: "auto" needs a dataloader there (accelerate raises)
+            values = deepspeed_values(t, acc.num_processes, acc.mixed_precision)
+            apply_deepspeed_values(plugin.deepspeed_config, values)
+            acc.gradient_accumulation_steps = values["gradient_accumulation_steps"]
+        # The scheduler stays the trainer's, stepped once per training step: accelerate's wrapper
+        # would step it num_processes times per call (accelerate scheduler.py, split_batches=False).
+        policy, optimizer = acc.prepare(policy, optimizer)
         if reference is not None:
             reference = acc.prepare_model(reference, evaluation_mode=True)
         if critic is not None:
             critic, critic_optimizer = acc.prepare(critic, critic_optimizer)
         return Models(policy, tokenizer, optimizer, scheduler, reference, critic, critic_optimizer, t.lora.enabled)
+
+    def _deepspeed_plugin(self):
+        """The DeepSpeed plugin of an ``accelerate launch`` with a DeepSpeed config, else None."""
+        return getattr(self.accelerator.state, "deepspeed_plugin", None)
 
     def _with_lora(self, policy, ckpt: Path | None):
         from peft import PeftModel
@@ -290,12 +422,18 @@ class RLTrainer:
             return PeftModel.from_pretrained(policy, ckpt / "policy", is_trainable=True)
         return with_lora(policy, self.t.lora)
 
-    def _load_critic(self, ckpt: Path | None):
-        from transformers import AutoModelForTokenClassification
+    def _load_critic(self, ckpt: Path | None, dtype: torch.dtype | str):
+        """The critic, with its head's dropout off: transformers falls back to 0.1 when the config has
+        none, which would be active in the update while the old values are computed in eval mode
+        (veRL loads its critic with ``classifier_dropout=0.0`` too)."""
+        from transformers import AutoConfig, AutoModelForTokenClassification
 
         source = ckpt / "critic" if ckpt is not None else self.cfg.base.policy_model
+        trust = self.cfg.base.trust_remote_code
+        config = AutoConfig.from_pretrained(str(source), num_labels=1, trust_remote_code=trust)
+        config.classifier_dropout = 0.0  # not a from_pretrained keyword: the model's __init__ would refuse it
         critic = AutoModelForTokenClassification.from_pretrained(
-            str(source), num_labels=1, use_safetensors=True, trust_remote_code=self.cfg.base.trust_remote_code)
+            str(source), config=config, dtype=dtype, use_safetensors=True, trust_remote_code=trust)
         if self.t.gradient_checkpointing:
             critic.gradient_checkpointing_enable()
         return critic
@@ -312,7 +450,8 @@ class RLTrainer:
             for step in range(start, self.t.total_steps):
                 metrics = self.train_step(step)
                 self.history.append({"step": step, **metrics})
-                self.tracker.log_metrics(metrics, step=step)
+                if self.accelerator.is_main_process:  # the metrics are over all processes already
+                    self.tracker.log_metrics(metrics, step=step)
                 if self.on_step:
                     self.on_step(step, metrics)
                 done = step + 1
@@ -344,20 +483,22 @@ class RLTrainer:
         """The rollout generator over ``policy``'s current weights (``train.rollout_backend``)."""
         t = self.t
         if t.rollout_backend == "hf":
-            return HFGenerator(policy, self.m.tokenizer, temperature=t.temperature)
+            return HFGenerator(policy, self.m.tokenizer, temperature=t.temperature, dtype=self._compute_dtype())
         if self._vllm is None:
             from zerosearch.lm.vllm_generator import VLLMGenerator
 
-            plugin = self.accelerator.state.deepspeed_plugin
-            if plugin is not None and plugin.zero_stage == 3:
-                raise ValueError("train.rollout_backend: vllm reads whole weights from each process; "
-                                 "with ZeRO-3 they are sharded: use deepspeed_zero2.yaml or rollout_backend: hf")
+            acc = self.accelerator
             self._vllm = VLLMGenerator.create(
                 self.cfg.base.policy_model, self.m.tokenizer, gpu_memory_utilization=t.vllm_gpu_memory_utilization,
-                temperature=t.temperature, seed=self.cfg.base.seed + self.accelerator.process_index,
-                max_model_len=t.max_prompt_tokens)
+                temperature=t.temperature, seed=self.cfg.base.seed + acc.process_index, rank=acc.process_index,
+                local_rank=acc.local_process_index, world_size=acc.num_processes, max_model_len=t.max_prompt_tokens)
+            acc.wait_for_everyone()  # engines are built at different speeds; TRL syncs here too
         self._vllm.sync_weights(policy)  # the engine samples from the weights being trained
         return self._vllm
+
+    def _compute_dtype(self) -> torch.dtype | None:
+        """The rollout's compute dtype: that of mixed precision (the weights stay fp32), else None."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(getattr(self.accelerator, "mixed_precision", "no"))
 
     def scores(self, batch: RolloutBatch) -> Tensor:
         completions = [self.m.tokenizer.decode(tr.response_ids, skip_special_tokens=False) for tr in batch.trajectories]
@@ -372,15 +513,44 @@ class RLTrainer:
         exp = self.make_experience(batch, scores, group)
         update = self.update(exp, step)
         self.m.scheduler.step()
-        seconds = time.perf_counter() - t0
-        em = [exact_match(tr.answer, tr.golden_answers) for tr in batch.trajectories]
-        sampled = float(exp.mask.sum())
+        times = {"step_seconds": time.perf_counter() - t0, "rollout_seconds": t_rollout}
+        return self.step_metrics(batch, scores, exp, update, times)
+
+    def step_metrics(self, batch: RolloutBatch, scores: Tensor, exp: Experience, update: dict[str, float],
+                     times: dict[str, float]) -> dict[str, float]:
+        """The step's metrics over all processes: rewards and EM of every rollout, per-trajectory
+        means averaged (each process has as many trajectories), counts and the update's loss
+        statistics (each process's token share) summed, gradient norms as they are (the same
+        on every process), times of the slowest process."""
+        em = torch.tensor([exact_match(tr.answer, tr.golden_answers) for tr in batch.trajectories], dtype=torch.float32)
+        scores, em = self._gather(scores), self._gather(em).tolist()
+        norms = {k: update.pop(k) for k in ("grad_norm", "critic_grad_norm") if k in update}
+        stats = batch.stats()
+        counts = {k: stats.pop(k) for k in COUNTED_STATS}
+        times = self._reduce(times, "max")
+        sampled = self._reduce({"sampled": float(exp.mask.sum())}, "sum")["sampled"]
         return {
             "reward_mean": float(scores.mean()), "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
-            "em": sum(em) / len(em), **batch.stats(), **update,
-            "lr": self.m.scheduler.get_last_lr()[0], "step_seconds": seconds, "rollout_seconds": t_rollout,
-            "tokens_per_s": sampled / max(seconds, 1e-9),
+            "em": sum(em) / len(em), **self._reduce(stats, "mean"), **self._reduce(counts, "sum"),
+            **self._reduce(update, "sum"), **norms, "lr": self.m.scheduler.get_last_lr()[0], **times,
+            "tokens_per_s": sampled / max(times["step_seconds"], 1e-9),
         }
+
+    def _gather(self, values: Tensor) -> Tensor:
+        """``values`` of every process, concatenated in process order (``(n,)`` -> ``(N * n,)``)."""
+        acc = self.accelerator
+        return values if acc.num_processes == 1 else acc.gather(values.to(acc.device)).cpu()
+
+    def _reduce(self, values: dict[str, float], how: str) -> dict[str, float]:
+        """``values`` (the same keys on every process) summed (``sum``), averaged (``mean``) or
+        maxed (``max``) over processes."""
+        acc = self.accelerator
+        if acc.num_processes == 1 or not values:
+            return values
+        keys = sorted(values)
+        local = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=acc.device)
+        total = acc.gather(local[None]).max(0).values if how == "max" else acc.reduce(local, reduction=how)
+        return dict(zip(keys, total.tolist(), strict=True))
 
     # ------------------------------------------------------------------ experience
 
@@ -392,7 +562,7 @@ class RLTrainer:
         current ones, so the extra forward pass is skipped (the update detaches its own)."""
         t = self.t
         kl_reward = self.spec.kl_in_reward and t.kl_coef > 0
-        return t.ppo_epochs == 1 and t.mini_batch_size >= n_rollouts and not kl_reward
+        return t.ppo_epochs == 1 and self._local_mini_batch() >= n_rollouts and not kl_reward
 
     @torch.no_grad()
     def make_experience(self, batch: RolloutBatch, scores: Tensor, group: list[int]) -> Experience:
@@ -433,7 +603,8 @@ class RLTrainer:
     # ------------------------------------------------------------------ update
 
     def update(self, exp: Experience, step: int) -> dict[str, float]:
-        """PPO-style epochs over mini-batches; returns mean loss statistics."""
+        """PPO-style epochs over mini-batches; returns mean loss statistics (this process's
+        token share of each: ``train_step`` sums them over processes)."""
         t, m = self.t, self.m
         gen = torch.Generator().manual_seed(self.cfg.base.seed * 7919 + step)
         sums: dict[str, float] = {}
@@ -442,7 +613,7 @@ class RLTrainer:
         if m.critic is not None:
             m.critic.train()
         for _ in range(t.ppo_epochs):
-            for mini in torch.randperm(len(exp), generator=gen).split(t.mini_batch_size):
+            for mini in torch.randperm(len(exp), generator=gen).split(self._local_mini_batch()):
                 stats = self._update_mini_batch(exp, mini)
                 updates += 1
                 for k, v in stats.items():
@@ -450,51 +621,96 @@ class RLTrainer:
         m.policy.eval()
         return {k: v / max(1, updates) for k, v in sums.items()}
 
+    def _local_mini_batch(self) -> int:
+        """This process's share of ``train.mini_batch_size`` (trajectories of all processes)."""
+        return self.t.mini_batch_size // self.accelerator.num_processes
+
+    def _global_tokens(self, local: Tensor) -> Tensor:
+        """The sampled tokens of a mini-batch over all processes (its share on each)."""
+        if self.accelerator.num_processes == 1:
+            return local
+        return self.accelerator.reduce(local.to(self.accelerator.device), reduction="sum")
+
     def _update_mini_batch(self, exp: Experience, mini: Tensor) -> dict[str, float]:
+        """One optimizer step on a mini-batch, its gradient accumulated over micro-batches.
+
+        A micro-batch's loss is weighted by its share of the mini-batch's sampled tokens over
+        all processes, times the process count (DDP and DeepSpeed average gradients over
+        processes): the step is the token mean of the whole mini-batch. A micro-batch without
+        sampled tokens still runs forward and backward (its loss times 0): every process must
+        run the same passes, or the collectives inside them wait forever. A mini-batch without
+        any sampled token on any process is skipped by every process alike (no optimizer step).
+        """
         t, m, acc = self.t, self.m, self.accelerator
-        tokens = exp.mask[mini].sum().clamp(min=1.0)
+        tokens = self._global_tokens(exp.mask[mini].sum())
+        if float(tokens) == 0.0:
+            return {"grad_norm": 0.0, **({"critic_grad_norm": 0.0} if m.critic is not None else {})}
         m.optimizer.zero_grad(set_to_none=True)
         if m.critic_optimizer is not None:
             m.critic_optimizer.zero_grad(set_to_none=True)
         stats: dict[str, float] = {}
-
-        def add(name: str, value: float, weight: float) -> None:
-            stats[name] = stats.get(name, 0.0) + value * weight
-
-        for micro in mini.split(t.micro_batch_size):
+        micros = mini.split(t.micro_batch_size)
+        for i, micro in enumerate(micros):
             e = exp.select(micro)
-            weight = float(e.mask.sum() / tokens)
-            if weight == 0.0:
-                continue
-            log_probs, entropy = token_log_probs(m.policy, e.input_ids, e.attention_mask, t.temperature,
-                                                 with_entropy="grad" if t.entropy_coef else True,
-                                                 start=first_scored_position(e.mask))
-            old_log_probs = e.old_log_probs if e.old_log_probs is not None else log_probs.detach()
-            pg_loss, pg_stats = policy_loss(log_probs, old_log_probs, e.advantages, e.mask, clip_ratio=t.clip_ratio)
-            entropy_mean = aggregate(entropy, e.mask)
-            loss = pg_loss - t.entropy_coef * entropy_mean
-            if e.ref_log_probs is not None:
-                kl = aggregate(get_kl(t.kl_estimator)(log_probs, e.ref_log_probs), e.mask)
-                if not self.spec.kl_in_reward:
-                    loss = loss + t.kl_coef * kl
-                add("kl", kl.item(), weight)
-            acc.backward(loss * weight)
-            add("policy_loss", pg_loss.item(), weight)
-            add("entropy", entropy_mean.item(), weight)
-            for k, v in pg_stats.items():
-                add(k, v, weight)
-            if m.critic is not None:
-                values = critic_values(m.critic, e.input_ids, e.attention_mask)
-                v_loss, v_stats = value_loss(values, e.old_values, e.returns, e.mask, clip_range=t.value_clip)
-                acc.backward(v_loss * weight)
-                add("value_loss", v_loss.item(), weight)
-                for k, v in v_stats.items():
-                    add(k, v, weight)
+            share = float(e.mask.sum() / tokens)
+            with self._accumulating(last=i == len(micros) - 1):
+                for k, v in self._micro_step(e, share * acc.num_processes).items():
+                    stats[k] = stats.get(k, 0.0) + v * share
         stats["grad_norm"] = float(acc.clip_grad_norm_(m.policy.parameters(), t.max_grad_norm))
         m.optimizer.step()
         if m.critic is not None:
             stats["critic_grad_norm"] = float(acc.clip_grad_norm_(m.critic.parameters(), t.max_grad_norm))
             m.critic_optimizer.step()
+        return stats
+
+    @contextlib.contextmanager
+    def _accumulating(self, last: bool) -> Iterator[None]:
+        """Around one micro-batch's forward and backward: only the mini-batch's last one syncs
+        gradients over processes (``no_sync`` otherwise) and, under DeepSpeed, steps the engine
+        (accelerate steps it inside every backward while ``sync_gradients`` is true)."""
+        acc = self.accelerator
+        acc.sync_gradients = last
+        try:
+            with contextlib.ExitStack() as stack:
+                if not last:
+                    for model in (self.m.policy, self.m.critic):
+                        if model is not None:
+                            stack.enter_context(acc.no_sync(model))
+                yield
+        finally:
+            acc.sync_gradients = True
+
+    def _backward(self, loss: Tensor) -> None:
+        # Under DeepSpeed the losses are already weighted for accumulation (see _update_mini_batch):
+        # no second division by gradient_accumulation_steps.
+        kwargs = {"scale_wrt_gas": False} if self._deepspeed_plugin() is not None else {}
+        self.accelerator.backward(loss, **kwargs)
+
+    def _micro_step(self, e: Experience, weight: float) -> dict[str, float]:
+        """Forward and backward of one micro-batch, its losses times ``weight``; its statistics."""
+        t, m = self.t, self.m
+        # Without an entropy bonus the entropy is only logged (the curve's collapse signal): computed
+        # without autograd, one chunk at a time, so it costs a softmax pass and no memory for backward.
+        log_probs, entropy = token_log_probs(m.policy, e.input_ids, e.attention_mask, t.temperature,
+                                             with_entropy="grad" if t.entropy_coef else True,
+                                             start=first_scored_position(e.mask))
+        old_log_probs = e.old_log_probs if e.old_log_probs is not None else log_probs.detach()
+        pg_loss, pg_stats = policy_loss(log_probs, old_log_probs, e.advantages, e.mask, clip_ratio=t.clip_ratio)
+        entropy_mean = aggregate(entropy, e.mask)
+        loss = pg_loss - t.entropy_coef * entropy_mean
+        stats: dict[str, float] = {}
+        if e.ref_log_probs is not None:
+            kl = aggregate(get_kl(t.kl_estimator)(log_probs, e.ref_log_probs), e.mask)
+            if not self.spec.kl_in_reward:
+                loss = loss + t.kl_coef * kl
+            stats["kl"] = kl.item()
+        self._backward(loss * weight)
+        stats.update(policy_loss=pg_loss.item(), entropy=entropy_mean.item(), **pg_stats)
+        if m.critic is not None:
+            values = critic_values(m.critic, e.input_ids, e.attention_mask)
+            v_loss, v_stats = value_loss(values, e.old_values, e.returns, e.mask, clip_range=t.value_clip)
+            self._backward(v_loss * weight)
+            stats.update(value_loss=v_loss.item(), **v_stats)
         return stats
 
     # ------------------------------------------------------------------ outputs
@@ -505,13 +721,21 @@ class RLTrainer:
         acc.wait_for_everyone()
         if not acc.is_main_process:  # one writer under `accelerate launch`
             return checkpoint_path(self.checkpoint_dir, step)
-        trainer_state = {"optimizer": m.optimizer.state_dict(), "scheduler": m.scheduler.state_dict()}
-        if m.critic_optimizer is not None:
-            trainer_state["critic_optimizer"] = m.critic_optimizer.state_dict()
         return save_checkpoint(
             self.checkpoint_dir, step, policy=acc.unwrap_model(m.policy), tokenizer=m.tokenizer,
-            critic=acc.unwrap_model(m.critic) if m.critic is not None else None, trainer_state=trainer_state,
+            critic=acc.unwrap_model(m.critic) if m.critic is not None else None, trainer_state=self._trainer_state(),
             state={"config": self.cfg.model_dump(), "history": self.history})
+
+    def _trainer_state(self) -> dict[str, Any]:
+        """Optimizer(s) and scheduler state for a checkpoint. Under DeepSpeed the optimizer's
+        ``state_dict`` is this process's ZeRO partition only: it is left out (``None``; such a
+        checkpoint is not resumed, ``check_deepspeed``)."""
+        m = self.m
+        deepspeed = self._deepspeed_plugin() is not None
+        state = {"optimizer": None if deepspeed else m.optimizer.state_dict(), "scheduler": m.scheduler.state_dict()}
+        if m.critic_optimizer is not None:
+            state["critic_optimizer"] = m.critic_optimizer.state_dict()
+        return state
 
     def final_policy(self):
         """The trained policy as a plain HF model (LoRA adapters merged into a copy)."""

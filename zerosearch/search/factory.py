@@ -57,7 +57,7 @@ def make_engine(cfg: Config, name: str, *, simulator_url: str | list[str] | None
     """Engine ``name`` (one of ENGINES); simulated and hybrid need a running simulator URL."""
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; known: {', '.join(ENGINES)}")
-    if name in ("simulated", "hybrid"):
+    if needs_simulator(name):
         if simulator_url is None:
             raise ValueError(f"the {name} engine needs a simulator server URL (see zerosearch.serving)")
         sim = simulated_engine(cfg, simulator_url, total_steps=total_steps)
@@ -70,31 +70,45 @@ def make_engine(cfg: Config, name: str, *, simulator_url: str | list[str] | None
     return real_engine(cfg, name)
 
 
+def needs_simulator(name: str) -> bool:
+    """Whether engine ``name`` talks to a simulator server."""
+    return name in ("simulated", "hybrid")
+
+
 def server_spec(cfg: Config):
-    """The ``ServerSpec`` that serves this config's simulator."""
+    """The ``ServerSpec`` that serves this config's simulator: ``simulator.server_args`` go to
+    every backend's command line, ``simulator.cuda_visible_devices`` into its environment."""
     from zerosearch.serving import ServerSpec
 
     sim = cfg.simulator
     url = sim.url[0] if isinstance(sim.url, list) else sim.url
+    env = {"CUDA_VISIBLE_DEVICES": sim.cuda_visible_devices} if sim.cuda_visible_devices is not None else None
     return ServerSpec(backend=sim.backend, model=cfg.served_simulator(), port=sim.port, tp=sim.tp, dp=sim.dp,
-                      url=url, extra_args=tuple(sim.server_args) if sim.backend == "transformers" else ())
+                      url=url, extra_args=tuple(sim.server_args), env=env)
+
+
+@contextlib.contextmanager
+def simulator_urls(cfg: Config, *, log_path: str | Path | None = None) -> Iterator[str | list[str]]:
+    """The simulator's base URL once it answers (a list with several ``simulator.url``): served
+    here for the context (and stopped after) unless ``simulator.backend`` is ``url``."""
+    from zerosearch.serving import ServerSpec, serve_simulator
+
+    sim = cfg.simulator
+    if sim.backend == "url" and isinstance(sim.url, list):  # several running servers, load-balanced
+        with contextlib.ExitStack() as stack:
+            yield [stack.enter_context(serve_simulator(ServerSpec(backend="url", model=cfg.served_simulator(), url=u),
+                                                       startup_timeout=sim.startup_timeout)) for u in sim.url]
+        return
+    with serve_simulator(server_spec(cfg), startup_timeout=sim.startup_timeout, log_path=log_path) as url:
+        yield url
 
 
 @contextlib.contextmanager
 def open_engine(cfg: Config, name: str, *, total_steps: int | None = None,
                 log_path: str | Path | None = None) -> Iterator[SearchEngine]:
     """Engine ``name``, with the simulator served (and stopped after) when it needs one."""
-    if name not in ("simulated", "hybrid"):
+    if not needs_simulator(name):
         yield make_engine(cfg, name)
         return
-    from zerosearch.serving import ServerSpec, serve_simulator
-
-    sim = cfg.simulator
-    if sim.backend == "url" and isinstance(sim.url, list):  # several running servers, load-balanced
-        with contextlib.ExitStack() as stack:
-            urls = [stack.enter_context(serve_simulator(ServerSpec(backend="url", model=cfg.served_simulator(), url=u),
-                                                        startup_timeout=sim.startup_timeout)) for u in sim.url]
-            yield make_engine(cfg, name, simulator_url=urls, total_steps=total_steps)
-        return
-    with serve_simulator(server_spec(cfg), startup_timeout=sim.startup_timeout, log_path=log_path) as url:
+    with simulator_urls(cfg, log_path=log_path) as url:
         yield make_engine(cfg, name, simulator_url=url, total_steps=total_steps)

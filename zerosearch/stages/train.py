@@ -7,13 +7,17 @@
 ``hybrid``. Writes the trained policy to ``<models>/policy`` (HF format; LoRA merged),
 checkpoints to ``<models>/train_checkpoints/step_N``, the per-step curve to
 ``<metrics>/train_curve.csv`` (DVC plots) and the run summary to ``<metrics>/train.json``.
+Under ``accelerate launch`` / ``torchrun`` every process trains on its share of each step; the
+main process alone serves the simulator and writes those outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +26,14 @@ from zerosearch.config import Config
 from zerosearch.data.schema import read_qa_parquet
 from zerosearch.lm.models import save_model
 from zerosearch.protocol import SearchEngine
-from zerosearch.rl.trainer import RLTrainer
-from zerosearch.search.factory import open_engine
+from zerosearch.rl.trainer import RLTrainer, build_accelerator
+from zerosearch.search.factory import (
+    make_engine,
+    needs_simulator,
+    open_engine,
+    simulator_urls,
+)
+from zerosearch.serving import ServerStartError
 from zerosearch.tracker import NullTracker, Tracker
 
 # Columns of the plots file, in order (a resumed run rewrites it from the checkpoint history).
@@ -43,29 +53,67 @@ def curve_row(step: int, metrics: dict[str, float]) -> dict[str, Any]:
     return {c: (step if c == "step" else round(float(metrics.get(c, 0.0)), 6)) for c in CURVE_COLUMNS}
 
 
+def launched_as_main(environ: Mapping[str, str] = os.environ) -> bool:
+    """True in the process that writes the stage's outputs: rank 0 of an ``accelerate launch`` /
+    ``torchrun`` (``RANK``), or the only process (for the flow, before any Accelerator exists)."""
+    return int(environ.get("RANK", "0")) == 0
+
+
+@contextlib.contextmanager
+def shared_engine(cfg: Config, accelerator, *, log_path: Path) -> Iterator[SearchEngine]:
+    """``train.engine`` for this process, one simulator server for the whole run: under several
+    processes only the main one serves it (or health-checks ``simulator.url``); the others wait
+    until it answers and get its URL by broadcast. It stops once every process is done."""
+    name, steps = cfg.train.engine, cfg.train.total_steps
+    if accelerator.num_processes == 1 or not needs_simulator(name):
+        with open_engine(cfg, name, total_steps=steps, log_path=log_path) as engine:
+            yield engine
+        return
+    from accelerate.utils import broadcast_object_list
+
+    with contextlib.ExitStack() as stack:
+        found: list[dict | None] = [None]
+        if accelerator.is_main_process:
+            try:
+                found[0] = {"url": stack.enter_context(simulator_urls(cfg, log_path=log_path))}
+            except Exception as err:  # the others are waiting for a URL: tell them, then fail
+                broadcast_object_list([{"error": f"{type(err).__name__}: {err}"}])
+                raise
+        broadcast_object_list(found)
+        if "error" in found[0]:
+            raise ServerStartError(f"the main process could not serve the simulator: {found[0]['error']}")
+        yield make_engine(cfg, name, simulator_url=found[0]["url"], total_steps=steps)
+        accelerator.wait_for_everyone()
+
+
 def run(cfg: Config, tracker: Tracker = NullTracker(), *, resume: bool = False,
-                 engine: SearchEngine | None = None) -> dict[str, Any]:
-    """The whole stage; returns its summary. ``engine`` overrides ``train.engine`` (tests)."""
+        engine: SearchEngine | None = None) -> dict[str, Any]:
+    """The whole stage; returns its summary. ``engine`` overrides ``train.engine`` (tests).
+    Under several processes each trains on its share; only the main one writes outputs."""
     t0 = time.perf_counter()
     rows = read_qa_parquet(cfg.path("data") / "train.parquet")
+    accelerator = build_accelerator(cfg.train)
+    main = accelerator.is_main_process
     ckpts = checkpoint_dir(cfg)
-    if not resume and ckpts.exists():
+    if main and not resume and ckpts.exists():
         shutil.rmtree(ckpts)  # a fresh run must not mix with an old run's checkpoints
+    accelerator.wait_for_everyone()
     curve_path = cfg.path("metrics") / "train_curve.csv"
     with contextlib.ExitStack() as stack:
         if engine is None:
-            engine = stack.enter_context(open_engine(cfg, cfg.train.engine, total_steps=cfg.train.total_steps,
-                                                     log_path=cfg.path("models") / "simulator_server.log"))
-        trainer = RLTrainer(cfg, engine, rows, checkpoint_dir=ckpts, tracker=tracker)
+            engine = stack.enter_context(shared_engine(cfg, accelerator,
+                                                       log_path=cfg.path("models") / "simulator_server.log"))
+        trainer = RLTrainer(cfg, engine, rows, checkpoint_dir=ckpts, tracker=tracker, accelerator=accelerator)
 
         def on_step(step: int, metrics: dict[str, float]) -> None:
-            if trainer.accelerator.is_main_process:
+            if main:
                 write_csv([curve_row(h["step"], h) for h in trainer.history], curve_path)
 
         trainer.on_step = on_step
         history = trainer.fit(resume=resume)
-    if trainer.accelerator.is_main_process:
+    if main:
         save_model(trainer.final_policy(), trainer.m.tokenizer, policy_dir(cfg))
+    accelerator.wait_for_everyone()
     last = history[-min(5, len(history)):]
     summary = {
         "algorithm": cfg.train.algorithm, "engine": cfg.train.engine, "steps": cfg.train.total_steps,
