@@ -13,22 +13,14 @@ from prefect import flow
 from flows.entry import main
 from tasks.common import load_config_task, write_metrics_task
 from tasks.simulator_sft import simulator_sft_task
-from zerosearch.atomic import write_csv
 from zerosearch.mlops.tracking import stage_run
 
 
 @flow(name="simulator_sft")
 def simulator_sft_flow(params: str = "params.yaml", overrides: list[str] | None = None) -> dict:
     cfg = load_config_task(params, overrides)
-    if not cfg.simulator_sft.enabled:
-        stats = {"enabled": 0, "simulator_model": cfg.base.simulator_model}
-        write_csv([], cfg.path("metrics") / "simulator_sft_loss.csv")
-        out = cfg.path("models") / "simulator_sft"
-        out.mkdir(parents=True, exist_ok=True)  # the stage's declared output, with a note why it is empty
-        (out / "SKIPPED.txt").write_text(f"simulator_sft.enabled is false: {cfg.base.simulator_model} is served as is\n")
-    else:
-        with stage_run("simulator_sft", cfg, params) as tracker:
-            stats = simulator_sft_task(cfg, tracker)
+    with stage_run("simulator_sft", cfg, params) as tracker:
+        stats = simulator_sft_task(cfg, tracker)
     write_metrics_task(stats, cfg.path("metrics") / "simulator_sft.json")
     return stats
 

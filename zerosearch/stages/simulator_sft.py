@@ -139,8 +139,21 @@ def label_searches(searches: list[dict], engine: SearchEngine) -> list[dict]:
     return pairs
 
 
+def skip(cfg: Config) -> dict[str, Any]:
+    """``simulator_sft.enabled: false`` (paper presets serving a released simulator): the
+    stage's declared outputs, empty, with a note saying why; returns its stats."""
+    out = cfg.path("models") / "simulator_sft"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "SKIPPED.txt").write_text(f"simulator_sft.enabled is false: {cfg.base.simulator_model} is served as is\n",
+                                     encoding="utf-8")
+    write_csv([], cfg.path("metrics") / "simulator_sft_loss.csv")
+    return {"enabled": 0, "simulator_model": cfg.base.simulator_model}
+
+
 def run(cfg: Config, tracker: Tracker = NullTracker()) -> dict[str, Any]:
-    """The whole stage; returns its stats."""
+    """The whole stage (or ``skip`` when ``simulator_sft.enabled`` is false); returns its stats."""
+    if not cfg.simulator_sft.enabled:
+        return skip(cfg)
     s, out = cfg.simulator_sft, cfg.path("models") / "simulator_sft"
     t0 = time.perf_counter()
     questions = read_qa_parquet(cfg.path("data") / "train.parquet")
