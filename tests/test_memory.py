@@ -108,3 +108,22 @@ def test_the_trainer_warns_when_the_estimate_exceeds_the_gpu(monkeypatch, caplog
     [record] = caplog.records
     assert record.levelno == logging.WARNING and "expect out-of-memory" in record.getMessage()
     assert "train.lora.enabled" in record.getMessage() and "GPU has 0.0 GB" in record.getMessage()
+
+
+@pytest.mark.parametrize("name", ["grpo-qwen2.5-7b-sft", "grpo-qwen2.5-7b-prompt", "reinforce-qwen2.5-7b-sft",
+                                  "ppo-qwen2.5-7b-sft"])
+def test_the_7b_preset_headers_state_the_estimates(name):
+    header = (REPO / f"configs/paper/{name}.yaml").read_text()
+    t = preset(name)
+    if t.algorithm == "ppo":
+        e = memory_estimate(t, params=P7, trainable=P7, processes=2, deepspeed=False, gpu_gb=80)
+        assert f"{e.total:.0f} GB per GPU" in header and f"{e.critic:.0f} GB alone" in header
+        return
+    gb = {n: memory_estimate(t, params=P7, trainable=P7, processes=n, deepspeed=True, gpu_gb=80).total
+          for n in (2, 4, 8)}
+    assert f"{gb[2]:.0f} GB per GPU on 2 training GPUs, {gb[4]:.0f} on 4, {gb[8]:.0f} on 8" in header
+    lora = memory_estimate(preset(name, "train.lora.enabled=true"), params=P7 + LORA7, trainable=LORA7,
+                           processes=2, deepspeed=True, gpu_gb=80)
+    assert f"({lora.total:.0f} GB" in header
+    # the 8-process advice is a valid split of the preset's batch
+    assert t.batch_prompts % 8 == 0 and (t.mini_batch_size // 8) % 8 == 0 and (t.mini_batch_size // 8) % 16
