@@ -1,7 +1,9 @@
 # The two commands a new user needs:  make run  (the whole pipeline)  and  make test.
 # Both create .venv and install the project first. On CPU machines torch is pinned to the
-# CPU wheel (an unpinned torch pulls several GB of CUDA packages); on GPU machines use
-#   make install TORCH_SPEC=torch EXTRAS=dev,dense,gpu
+# CPU wheel (an unpinned torch pulls several GB of CUDA packages); on GPU machines the training
+# env is  make install TORCH_SPEC=torch EXTRAS=dev,dense,deepspeed,vllm  then
+# .venv/bin/pip install flash-attn --no-build-isolation, and the simulator server gets its own
+# env:  make install VENV=.venv-sglang TORCH_SPEC=torch EXTRAS=sglang  (README "Going to GPUs").
 VENV ?= .venv
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0

@@ -1,6 +1,9 @@
 """HFGenerator: its own decode loop must give what ``model.generate`` gives, with KV caches
 kept between turns and finished rows cut out of the batch."""
 
+import random
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -136,3 +139,93 @@ def test_sample_categorical_draws_each_index_at_its_probability_and_never_a_zero
 def test_sample_categorical_names_non_finite_probabilities():
     with pytest.raises(ValueError, match="not finite or sums to 0"):
         sample_categorical(torch.tensor([[0.5, float("nan")]]))
+
+
+QWEN = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "qwen2.5"
+
+
+class CountingTokenizer:
+    """A tokenizer whose ``decode`` calls are recorded (everything else passes through)."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer, self.decoded = tokenizer, []
+
+    def decode(self, ids, **kwargs):
+        self.decoded.append(list(ids))
+        return self._tokenizer.decode(ids, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def _adversarial_pieces(qwen) -> list[list[int]]:
+    """Token id runs around the stop strings: whole, split into pieces or single characters,
+    truncated, doubled, after multi-byte characters, glued to other text."""
+    def enc(text):
+        return qwen(text, add_special_tokens=False)["input_ids"]
+
+    pieces = []
+    for tag in ("</search>", "</answer>"):
+        pieces += [enc(tag), enc(" " + tag), enc(tag[:-1]), enc(tag[1:]), enc(tag + ">"), enc("x" + tag + "y"),
+                   [i for c in tag for i in enc(c)],  # one token per character
+                   enc(tag[:2]) + enc(tag[2:-1]) + enc(tag[-1]), enc(tag[:4]) + enc(tag[4:])]
+    pieces += [enc(t) for t in ("<", "</", "/", ">", "></", ">\n", "\">", "search", "answer", " search>",
+                                "é", "日本", "😀", "<search>", "<answer>", "</ search>", "</Search>")]
+    pieces += [enc("😀")[:1], enc("日本")[-1:]]  # lone bytes of a multi-byte character
+    return [p for p in pieces if p]
+
+
+def test_stop_strings_are_found_in_the_tail_as_by_decoding_the_whole_text():
+    """A tokenizer without single-token tags (the real Qwen2.5 one: ``</search>`` is ``</``
+    ``search`` ``>``): the decoded-tail rule stops every sequence where decoding the whole new
+    text each step would, over random and adversarial sequences, stop strings split across
+    tokens; and it decodes only short tails ending in a token that can close a stop string."""
+    if not QWEN.is_dir():
+        pytest.skip(f"the Qwen2.5 tokenizer fixture is not at {QWEN} (../shared/fixtures, see its README)")
+    from transformers import AutoTokenizer
+
+    qwen = AutoTokenizer.from_pretrained(str(QWEN))
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(qwen), hidden_size=8, num_hidden_layers=1,
+                                         num_attention_heads=1, num_key_value_heads=1, intermediate_size=8))
+    gen = HFGenerator(model, qwen)
+    assert gen.stop_strings == ["</search>", "</answer>"] and gen.stop_ids == [qwen.eos_token_id]
+    counting = gen.tokenizer = CountingTokenizer(qwen)
+    max_new = 10_000
+
+    def full_rule(ids):
+        text = qwen.decode(ids)
+        return ids[-1] in gen.stop_ids or len(ids) >= max_new or any(s in text for s in gen.stop_strings)
+
+    pieces = _adversarial_pieces(qwen)
+    rng = random.Random(0)
+    stopped_on_string = split_across = 0
+    for _ in range(400):
+        ids = []
+        while len(ids) < 60:
+            if rng.random() < 0.4:
+                ids += rng.choice(pieces)
+            else:
+                ids += [rng.randrange(qwen.vocab_size)]  # any ordinary token, byte pieces included
+        for t in range(1, len(ids) + 1):
+            expected = full_rule(ids[:t])
+            assert gen._stops(ids[:t], max_new) == expected, (ids[:t], qwen.decode(ids[:t]))
+            if expected:
+                if ids[t - 1] not in gen.stop_ids:
+                    stopped_on_string += 1
+                    last = qwen.decode(ids[t - 1:t])
+                    split_across += not any(s in last for s in gen.stop_strings)
+                break
+    assert stopped_on_string > 150 and split_across > 100  # the comparison saw both kinds of stops
+    tails = [d for d in counting.decoded if len(d) > 1]
+    assert tails and all(len(d) <= len("</answer>") and ">" in qwen.decode(d[-1:]) for d in tails)
+
+
+def test_single_token_tags_stop_on_ids_without_decoding(tok, model):
+    """The tiny pipeline's tokenizer has the tags as tokens: stops are ids, nothing is decoded."""
+    gen = HFGenerator(model, tok, do_sample=False)
+    assert gen.stop_strings == []
+    counting = gen.tokenizer = CountingTokenizer(tok)
+    search_end = tok.convert_tokens_to_ids("</search>")
+    assert not gen._stops([5, 6], 10) and gen._stops([5, search_end], 10) and gen._stops([5, 6], 2)
+    gen.generate([tok("Where was Kadmir born?")["input_ids"]] * 2, 12)
+    assert counting.decoded == []

@@ -151,6 +151,65 @@ def test_lora_policies_are_merged_with_checkpoint_names(tok, fake_vllm):
     assert not torch.allclose(weights[q], unmerged)  # the merged weight, read while merged
 
 
+def _lora_policy(tok, dtype):
+    from zerosearch.config import LoraSection
+    from zerosearch.lm.models import with_lora
+
+    torch.manual_seed(0)
+    base = _policy(tok).to(dtype)
+    policy = with_lora(base, LoraSection(enabled=True, r=2, alpha=4, dropout=0.0))
+    with torch.no_grad():  # adapters as after some training: B is 0 when fresh
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.05)
+    return policy
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_lora_sync_sends_w_plus_sba_and_never_touches_the_base_weights(tok, fake_vllm, dtype):
+    """B5: bf16 weights (DeepSpeed's) or fp32 masters; the engine is bf16 either way."""
+    from zerosearch.lm.vllm_generator import VLLMGenerator
+
+    policy = _lora_policy(tok, dtype)
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    llm = in_process_llm(tok)
+    gen = VLLMGenerator(llm, tok, dtype="bfloat16")
+    for _ in range(3):  # several syncs: nothing accumulates
+        gen.sync_weights(policy)
+    after = dict(policy.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)  # bit-identical, adapters included
+    lora_layers = [(n, m) for n, m in policy.get_base_model().named_modules() if hasattr(m, "lora_A")]
+    assert len(lora_layers) == 7  # q k v o gate up down
+    for name, layer in lora_layers:
+        w = before[f"base_model.model.{name}.base_layer.weight"]
+        a = before[f"base_model.model.{name}.lora_A.default.weight"]
+        b = before[f"base_model.model.{name}.lora_B.default.weight"]
+        s = layer.scaling["default"]
+        assert s == 2.0  # alpha / r
+        sent = llm.loaded[f"{name}.weight"]
+        assert sent.dtype == torch.bfloat16
+        assert torch.equal(sent, (w.float() + s * (b.float() @ a.float())).to(torch.bfloat16))
+        exact = (w.double() + s * (b.double() @ a.double())).to(torch.bfloat16)  # fp32 rounding, then the cast
+        assert (sent.float() - exact.float()).abs().max() <= exact.float().abs().max() * 2 ** -8
+        assert not torch.equal(sent, w.to(torch.bfloat16))  # the adapter is in what was sent
+    # the names are the checkpoint's; non-LoRA tensors arrive as they are
+    assert set(llm.loaded) == set(_policy(tok).state_dict())
+    assert torch.equal(llm.loaded["model.norm.weight"], before["base_model.model.model.norm.weight"])
+
+
+def test_merging_in_place_in_bf16_would_drift_the_base(tok):
+    """Why B5's sync does not use peft's merge_adapter/unmerge_adapter (TRL's route): in bf16 the
+    round trip changes the frozen base weights."""
+    policy = _lora_policy(tok, torch.bfloat16)
+    q = "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"
+    before = dict(policy.named_parameters())[q].detach().clone()
+    with torch.no_grad():
+        for _ in range(3):
+            policy.merge_adapter()
+            policy.unmerge_adapter()
+    assert not torch.equal(dict(policy.named_parameters())[q], before)
+
+
 def _policy(tok):
     return Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
                                         num_attention_heads=2, num_key_value_heads=1, intermediate_size=32))
@@ -166,7 +225,8 @@ def test_create_builds_an_in_process_engine_on_this_rank(tok, fake_vllm, monkeyp
                                rank=3, local_rank=1, world_size=4, max_model_len=2048)
     assert gen.llm.kwargs == {"model": "/models/policy", "dtype": "bfloat16", "gpu_memory_utilization": 0.3,
                               "enable_prefix_caching": True, "seed": 7, "max_model_len": 2048,
-                              "tensor_parallel_size": 1, "distributed_executor_backend": "external_launcher"}
+                              "tensor_parallel_size": 1, "distributed_executor_backend": "external_launcher",
+                              "max_num_batched_tokens": 4096}
     assert gen.llm.rank == (3, 1, 4) and gen.llm.rendezvous == "10.0.0.1:29500"
     policy = _policy(tok)
     assert gen.sync_weights(policy) == len(policy.state_dict()) and gen.llm.resets == 1

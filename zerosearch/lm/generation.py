@@ -70,6 +70,7 @@ class HFGenerator:
         self.do_sample, self.temperature, self.reuse_cache = do_sample, temperature, reuse_cache
         self.top_p = TopPLogitsWarper(top_p) if do_sample and top_p < 1.0 else None
         self.stop_ids, self.stop_strings = stop_markers(tokenizer)
+        self._can_end_stop: dict[int, bool] = {}  # token id -> its text holds a stop string's last character
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.step = step_function(model, dtype)  # dtype: the compute dtype of a Llama-layout decoder
         self._kept: dict[Hashable, _KeptCache] = {}
@@ -123,9 +124,25 @@ class HFGenerator:
         if ids[-1] in self.stop_ids or len(ids) >= max_new:
             return True
         if self.stop_strings:
-            tail = self.tokenizer.decode(ids[-12:])
-            return any(s in tail for s in self.stop_strings)
+            return self._ends_stop_string(ids)
         return False
+
+    def _ends_stop_string(self, ids: list[int]) -> bool:
+        """Whether the text of ``ids`` holds a stop string, ``ids[:-1]``'s not holding one (the
+        loop stops at the first): a new occurrence then ends in the last token. So only a last
+        token whose own text holds a stop string's last character (``>``) is looked at, and
+        then only the last tokens that can hold the longest stop string, one byte of text per
+        token at least, are decoded. The same decisions as decoding the whole new text each
+        step (tests/test_generation.py, the Qwen2.5 tokenizer, whose tags are several tokens)."""
+        can_end = self._can_end_stop.get(ids[-1])
+        if can_end is None:  # once per token id
+            text = self.tokenizer.decode(ids[-1:])
+            can_end = self._can_end_stop[ids[-1]] = any(s[-1] in text for s in self.stop_strings)
+        if not can_end:
+            return False
+        window = max(len(s.encode()) for s in self.stop_strings)
+        tail = self.tokenizer.decode(ids[-window:])
+        return any(s in tail for s in self.stop_strings)
 
     def _keep(self, batch: _Batch, running: list[int], keys, contexts, new, only: list[int]) -> None:
         """Store the caches of batch rows ``only`` under their keys (tokens fed so far)."""

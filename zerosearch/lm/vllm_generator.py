@@ -7,8 +7,12 @@ the stop token kept), so the rollout container and its masks are the same as wit
 
 Before every rollout the trainer calls ``sync_weights(policy)``: the policy's current
 weights are loaded into the engine's model in place (``model.load_weights``, the same route
-TRL's colocated vLLM mode takes), LoRA adapters merged first, and the prefix cache is reset
-(cached K/V belong to the old weights).
+TRL's colocated vLLM mode takes), and the prefix cache is reset (cached K/V belong to the old
+weights). A LoRA policy's adapted layers are sent as ``W + scale * B @ A`` computed out of
+place in fp32 and cast to the engine's dtype (``policy_weights``): the module's own weights
+are never written, so the frozen base (and with it the adapter-disabled reference) stays
+bit-identical over a run. peft's ``merge_adapter``/``unmerge_adapter`` (TRL's route) would add
+and subtract the delta in the weights' bf16 on every sync, drifting the base by rounding.
 
 The engine is built the way TRL's colocated mode builds it (``trl/generation/vllm_generation.py``):
 ``distributed_executor_backend="external_launcher"``, which keeps vLLM's engine core in this
@@ -39,7 +43,8 @@ def _import_vllm():
         import vllm
     except ImportError as e:
         raise ImportError("train.rollout_backend: vllm needs the vllm package on a CUDA machine "
-                          "(pip install -e '.[gpu]'); use rollout_backend: hf otherwise") from e
+                          "(pip install -e '.[vllm]', README \"Going to GPUs\"); "
+                          "use rollout_backend: hf otherwise") from e
     return vllm
 
 
@@ -48,9 +53,10 @@ class VLLMGenerator:
     finds the shared context itself)."""
 
     def __init__(self, llm, tokenizer, *, temperature: float = 1.0, top_p: float = 1.0, do_sample: bool = True,
-                 seed: int | None = None):
+                 seed: int | None = None, dtype: str | torch.dtype = "bfloat16"):
         self.llm, self.tokenizer = llm, tokenizer
         self.vllm = _import_vllm()
+        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype  # the engine's (create's ``dtype``)
         self.temperature = temperature if do_sample else 0.0
         self.top_p, self.seed = top_p, seed
         self.stop_ids, self.stop_strings = stop_markers(tokenizer)
@@ -66,7 +72,7 @@ class VLLMGenerator:
         os.environ.update(launcher_environment(rank, local_rank, world_size))
         llm = vllm.LLM(**engine_arguments(model_path, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
                                           dtype=dtype, max_model_len=max_model_len))
-        return cls(llm, tokenizer, temperature=temperature, seed=seed)
+        return cls(llm, tokenizer, temperature=temperature, seed=seed, dtype=dtype)
 
     def sampling_params(self, max_new_tokens: int):
         return self.vllm.SamplingParams(
@@ -90,7 +96,7 @@ class VLLMGenerator:
 
         def counted() -> Iterator[tuple[str, torch.Tensor]]:
             nonlocal count
-            for name, tensor in policy_weights(policy):
+            for name, tensor in policy_weights(policy, dtype=self.dtype):
                 count += 1
                 yield name, tensor
 
@@ -114,10 +120,25 @@ class VLLMGenerator:
 
 def engine_arguments(model_path: str, *, gpu_memory_utilization: float, seed: int, dtype: str,
                      max_model_len: int | None) -> dict[str, Any]:
-    """``vllm.LLM``'s arguments for an engine colocated with a training process."""
+    """``vllm.LLM``'s arguments for an engine colocated with a training process.
+
+    ``max_num_batched_tokens``: the tokens one engine step may schedule (prefills are chunked to
+    it). TRL's colocated mode sets 4096: vLLM V1's memory profiler runs a dummy batch of that
+    many tokens at start-up, and with the default (up to 32768 for ``LLM``) the activations of
+    that profile do not fit beside a training process. Rollout contexts longer than it are
+    prefilled in chunks (V1 always chunks prefills), so ``max_model_len`` may exceed it.
+
+    ``enable_sleep_mode`` is not used: it only pays with ``llm.sleep()`` before every update and
+    ``llm.wake_up()`` before every rollout (freeing the KV cache, and at level 1 moving the
+    weights to CPU), which this trainer does not call; without those calls it changes nothing
+    but vLLM's allocator. It is the lever to try if a preset does not fit (README, "Going to
+    GPUs"), once it has run on a GPU."""
     return {"model": model_path, "dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization,
             "enable_prefix_caching": True, "seed": seed, "max_model_len": max_model_len, "tensor_parallel_size": 1,
-            "distributed_executor_backend": "external_launcher"}
+            "distributed_executor_backend": "external_launcher", "max_num_batched_tokens": MAX_NUM_BATCHED_TOKENS}
+
+
+MAX_NUM_BATCHED_TOKENS = 4096  # TRL's colocated value (see engine_arguments)
 
 
 def launcher_environment(rank: int, local_rank: int, world_size: int,
@@ -143,17 +164,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def policy_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(name, tensor)`` of a transformers causal LM as its checkpoint names them; a peft model
-    is merged on the fly (``W + BA``) and its wrapper names are removed."""
-    if hasattr(policy, "merge_adapter"):  # peft: merge, read, unmerge
-        policy.merge_adapter()
-        try:
-            for name, tensor in policy.get_base_model().state_dict().items():
-                if "lora_" in name:
-                    continue
-                yield name.replace(".base_layer.", "."), tensor.clone()  # a copy: unmerge rewrites it
-        finally:
-            policy.unmerge_adapter()
+def policy_weights(policy, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` of a transformers causal LM as its checkpoint names them. For a peft
+    model each LoRA layer's weight is ``merged_lora_weight`` (in ``dtype``, default the layer's
+    own), its adapter tensors are left out and the wrapper names removed; the module is only
+    read. Other tensors are yielded as they are (vLLM's loaders copy them into their dtype)."""
+    if not hasattr(policy, "peft_config"):
+        yield from policy.state_dict().items()
         return
-    yield from policy.state_dict().items()
+    from peft.tuners.lora import LoraLayer
+
+    model = policy.get_base_model()
+    layers = {name: module for name, module in model.named_modules() if isinstance(module, LoraLayer)}
+    for name, tensor in model.state_dict().items():
+        if "lora_" in name:
+            continue
+        prefix, sep, leaf = name.rpartition(".base_layer.")
+        if sep and leaf == "weight" and prefix in layers:
+            tensor = merged_lora_weight(layers[prefix], dtype)
+        yield name.replace(".base_layer.", "."), tensor
+
+
+def merged_lora_weight(layer, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A peft LoRA ``Linear``'s effective weight ``W + sum(scale * B @ A)`` over its active,
+    not already merged adapters, computed in fp32 into a new tensor and cast to ``dtype``
+    (default ``W``'s). ``W`` is not written. DoRA and LoRA biases are refused (the project's
+    ``with_lora`` uses neither)."""
+    weight = layer.get_base_layer().weight.detach()
+    merged = weight.float()
+    if not layer.disable_adapters:
+        for adapter in layer.active_adapters:
+            if adapter not in layer.lora_A or adapter in layer.merged_adapters:
+                continue
+            if getattr(layer, "use_dora", {}).get(adapter) or getattr(layer, "lora_bias", {}).get(adapter):
+                raise NotImplementedError(f"LoRA adapter {adapter!r} uses DoRA or a LoRA bias: the vLLM weight "
+                                          "sync merges plain LoRA only")
+            delta = layer.lora_B[adapter].weight.float() @ layer.lora_A[adapter].weight.float()
+            if layer.fan_in_fan_out:
+                delta = delta.T
+            merged = merged + layer.scaling[adapter] * delta  # out of place: never W's storage
+    return merged.to(dtype or weight.dtype)

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 import random
@@ -91,7 +92,10 @@ from zerosearch.rl.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from zerosearch.rl.memory import MemoryEstimate, training_memory_gb
 from zerosearch.tracker import NullTracker, Tracker
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_mixed_precision(value: str) -> str:
@@ -188,6 +192,38 @@ def check_deepspeed(plugin, t: TrainSection, *, resume: bool = False) -> None:
         raise ValueError(PPO_REFUSED)
     if resume:
         raise ValueError(RESUME_REFUSED)
+
+
+def memory_estimate(t: TrainSection, *, params: float, trainable: float, processes: int, deepspeed: bool,
+                    gpu_gb: float) -> MemoryEstimate:
+    """``rl.memory.training_memory_gb`` for this run's settings: ``params`` parameters in the
+    policy as loaded, ``trainable`` of them trainable (with LoRA: the adapters'), ZeRO-2 under
+    DeepSpeed (ZeRO-3 is refused) else plain data parallel, the critic for PPO, the reference
+    when ``kl_coef > 0``, the vLLM engine's share with that backend."""
+    lora = t.lora.enabled
+    return training_memory_gb(
+        params - trainable if lora else params, processes=processes, zero_stage=2 if deepspeed else 0, lora=lora,
+        lora_params=trainable if lora else 0, critic=ALGORITHMS[t.algorithm].critic, reference=t.kl_coef > 0,
+        vllm_fraction=t.vllm_gpu_memory_utilization if t.rollout_backend == "vllm" else 0.0, gpu_gb=gpu_gb)
+
+
+def warn_if_over_memory(policy, t: TrainSection, *, processes: int, deepspeed: bool, device) -> MemoryEstimate | None:
+    """Log a warning when the estimated model states of one process exceed its GPU's memory
+    (a floor: activations come on top). Nothing off CUDA; returns the estimate on CUDA."""
+    if not torch.cuda.is_available() or torch.device(device).type != "cuda":
+        return None
+    gpu_gb = torch.cuda.get_device_properties(device).total_memory / 1e9
+    e = memory_estimate(t, params=sum(p.numel() for p in policy.parameters()),
+                        trainable=sum(p.numel() for p in policy.parameters() if p.requires_grad),
+                        processes=processes, deepspeed=deepspeed, gpu_gb=gpu_gb)
+    if e.total > gpu_gb:
+        logger.warning(
+            "train: the model states alone are estimated at %.1f GB per GPU (policy %.1f, reference %.1f, critic %.1f, "
+            "vLLM %.1f; activations not counted) but the GPU has %.1f GB: expect out-of-memory. Use more training "
+            "processes under DeepSpeed ZeRO-2, train.lora.enabled: true, or a lower "
+            "train.vllm_gpu_memory_utilization (README, \"Going to GPUs\")",
+            e.total, e.policy, e.reference, e.critic, e.vllm, gpu_gb)
+    return e
 
 
 def master_dtype(deepspeed: bool) -> torch.dtype | str:
@@ -382,6 +418,9 @@ class RLTrainer:
                                     attn_implementation=base.attn_implementation)[0]
                          if ckpt else copy.deepcopy(policy))
             reference.requires_grad_(False).eval()
+        # before anything is placed on the GPU (prepare): say so when the model states cannot fit
+        warn_if_over_memory(policy, t, processes=self.accelerator.num_processes,
+                            deepspeed=self._deepspeed_plugin() is not None, device=self.accelerator.device)
         if t.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
             if t.lora.enabled:
