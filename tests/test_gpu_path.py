@@ -329,3 +329,20 @@ def test_checkpoints_under_deepspeed_leave_out_the_partitioned_optimizer_state(t
     monkeypatch.setattr(trainer, "_build_models", lambda c: types.SimpleNamespace(optimizer=optimizer))
     with pytest.raises(ValueError, match="written under DeepSpeed and holds no optimizer state"):
         trainer.setup(resume=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only launch rule")
+def test_several_processes_on_cpus_get_gloo_and_keep_deepspeed_when_launched_with_it():
+    """cpu=True would drop an accelerate-launched DeepSpeed plugin (seen with deepspeed 0.19.8 on
+    this CPU machine); DeepSpeed over gloo needs the process group's backend named instead."""
+    from zerosearch.rl.trainer import accelerator_launch_kwargs
+
+    class Kwargs:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    assert accelerator_launch_kwargs({}, Kwargs) == {}  # one process: nothing added
+    assert accelerator_launch_kwargs({"WORLD_SIZE": "1", "ACCELERATE_USE_DEEPSPEED": "true"}, Kwargs) == {}
+    assert accelerator_launch_kwargs({"WORLD_SIZE": "2"}, Kwargs) == {"cpu": True}
+    handlers = accelerator_launch_kwargs({"WORLD_SIZE": "2", "ACCELERATE_USE_DEEPSPEED": "true"}, Kwargs)
+    assert list(handlers) == ["kwargs_handlers"] and handlers["kwargs_handlers"][0].kw == {"backend": "gloo"}

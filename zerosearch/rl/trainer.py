@@ -106,15 +106,28 @@ def resolve_mixed_precision(value: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def build_accelerator(t: TrainSection):
+def build_accelerator(t: TrainSection, environ: Mapping[str, str] = os.environ):
     """The run's ``Accelerator``. Launched as several processes on a machine without an
-    accelerator device (``torchrun`` on CPUs), it is told to run on the CPU: accelerate then
-    runs data parallel over gloo (``MULTI_CPU``) instead of N unaware single-process copies."""
+    accelerator device (``torchrun`` on CPUs), accelerate must be told how to run them, or it
+    sees N unaware single-process copies: ``cpu=True`` (data parallel over gloo, ``MULTI_CPU``),
+    or, under an ``accelerate launch`` with a DeepSpeed config, the gloo process group (``cpu=True``
+    would silently drop DeepSpeed; DeepSpeed's CPU accelerator communicates over gloo)."""
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
+    return Accelerator(mixed_precision=resolve_mixed_precision(t.mixed_precision),
+                       **accelerator_launch_kwargs(environ, InitProcessGroupKwargs))
+
+
+def accelerator_launch_kwargs(environ: Mapping[str, str], process_group_kwargs) -> dict[str, Any]:
+    """The ``Accelerator`` arguments ``build_accelerator`` adds for a launch of several
+    processes without an accelerator device; none otherwise."""
     device = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-    cpu = launched_world_size() > 1 and not device
-    return Accelerator(mixed_precision=resolve_mixed_precision(t.mixed_precision), cpu=cpu)
+    if launched_world_size(environ) == 1 or device:
+        return {}
+    if environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return {"kwargs_handlers": [process_group_kwargs(backend="gloo")]}
+    return {"cpu": True}
 
 
 def launched_world_size(environ: Mapping[str, str] = os.environ) -> int:
