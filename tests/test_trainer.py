@@ -266,3 +266,38 @@ def test_a_micro_batch_without_sampled_tokens_still_runs_forward_and_backward(mi
     alone = list(trainer.m.policy.parameters())
     assert any(not torch.equal(a, start[n]) for (n, _), a in zip(trainer.m.policy.named_parameters(), alone))
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(with_zeros, alone))
+
+
+def _planted_pickle(marker: Path) -> bytes:
+    """A pickle that, loaded with weights_only=False, runs a command creating ``marker``."""
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    return pickle.dumps({"optimizer": Payload()})
+
+
+def test_a_planted_trainer_state_is_refused_on_resume_and_runs_nothing(micro_world, tmp_path):
+    cfg = _cfg(micro_world, tmp_path, "train.total_steps=2")
+    _trainer(cfg, tmp_path / "ckpt").fit()
+    ckpt = latest_checkpoint(tmp_path / "ckpt")
+    marker = tmp_path / "pwned"
+    (ckpt / "trainer_state.pt").write_bytes(_planted_pickle(marker))
+    with pytest.raises(ValueError, match=r"cannot resume from .*step_000002/trainer_state\.pt: not a trainer state"):
+        _trainer(cfg, tmp_path / "ckpt").fit(resume=True)
+    assert not marker.exists()
+    (ckpt / "trainer_state.pt").write_bytes(b"\x80\x04truncated")  # a foreign or cut file: the same clear error
+    with pytest.raises(ValueError, match=r"trainer_state\.pt: not a trainer state"):
+        _trainer(cfg, tmp_path / "ckpt").fit(resume=True)
+
+
+def test_the_config_is_checked_before_the_trainer_state_is_read(micro_world, tmp_path):
+    cfg = _cfg(micro_world, tmp_path, "train.total_steps=2")
+    _trainer(cfg, tmp_path / "ckpt").fit()
+    (latest_checkpoint(tmp_path / "ckpt") / "trainer_state.pt").write_bytes(_planted_pickle(tmp_path / "pwned"))
+    changed = _cfg(micro_world, tmp_path, "train.total_steps=2", "train.lr=0.01")
+    with pytest.raises(ValueError, match="the config changed"):
+        _trainer(changed, tmp_path / "ckpt").fit(resume=True)

@@ -5,7 +5,8 @@ A checkpoint holds everything a resumed run needs to continue exactly where it s
     step_000010/
       policy/              HF format (safetensors) + tokenizer; a peft adapter when LoRA is on
       critic/              the PPO critic (HF token-classification model), when there is one
-      trainer_state.pt     optimizer(s), LR scheduler, torch RNG state(s)
+      trainer_state.pt     optimizer(s), LR scheduler, torch RNG state(s) (read back with
+                           torch.load(weights_only=True): loading it cannot run code)
       state.json           step, config, metric history (the plots file is rebuilt from it)
 
 The directory is written under a temporary name and renamed, so a crash never leaves half a
@@ -75,12 +76,22 @@ def save_checkpoint(root: str | Path, step: int, *, policy, tokenizer, trainer_s
     return path
 
 
-def load_state(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(state.json contents, trainer_state.pt contents)`` of a checkpoint."""
-    path = Path(path)
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    trainer_state = torch.load(path / "trainer_state.pt", weights_only=False)
-    return state, trainer_state
+def read_state(path: str | Path) -> dict[str, Any]:
+    """``state.json`` of a checkpoint: step, config, metric history (plain JSON)."""
+    return json.loads((Path(path) / "state.json").read_text(encoding="utf-8"))
+
+
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    """``trainer_state.pt`` of a checkpoint, read with ``weights_only=True``: tensors, numbers,
+    strings and containers only, so a planted file cannot run code. Anything else (a pickle
+    naming other objects, a truncated or foreign file) is a ``ValueError`` naming the file."""
+    file = Path(path) / "trainer_state.pt"
+    try:
+        return torch.load(file, weights_only=True)
+    except Exception as e:  # the unpickler raises many kinds on a planted, cut or foreign file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot resume from {file}: not a trainer state this project wrote ({first}); "
+                         "nothing in it was run. Delete the checkpoint or start a fresh run") from None
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

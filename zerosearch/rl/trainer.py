@@ -88,7 +88,8 @@ from zerosearch.rl.checkpoint import (
     checkpoint_path,
     config_differences,
     latest_checkpoint,
-    load_state,
+    read_state,
+    read_trainer_state,
     save_checkpoint,
     set_rng_state,
 )
@@ -383,13 +384,15 @@ class RLTrainer:
             print(f"--resume: no checkpoint under {self.checkpoint_dir}; starting from step 0")
         self._check_process_split()
         torch.manual_seed(self.cfg.base.seed)  # a run is a function of its config, not of what ran before
-        self.m = self._build_models(ckpt)
-        if ckpt is not None:
-            state, trainer_state = load_state(ckpt)
+        state = read_state(ckpt) if ckpt is not None else None
+        if state is not None:  # the config is checked before anything else of the checkpoint is read
             diff = config_differences(state["config"], self.cfg.model_dump())
             if diff:
                 raise ValueError(f"cannot resume from {ckpt}: the config changed since it was written:\n  "
                                  + "\n  ".join(diff) + "\nrestore those values or start a fresh run")
+        self.m = self._build_models(ckpt)
+        if state is not None:
+            trainer_state = read_trainer_state(ckpt)
             if trainer_state.get("optimizer") is None:
                 raise ValueError(f"cannot resume from {ckpt}: it was written under DeepSpeed and holds no "
                                  "optimizer state; start a fresh run")
