@@ -52,7 +52,8 @@ def random_qwen2(tokenizer_dir: str, out: Path, hidden: int, layers: int, heads:
 def run(cfg, engine, rows, steps: int, device: str, workdir: Path) -> dict:
     from accelerate import Accelerator
 
-    from zerosearch.rl.trainer import RLTrainer, resolve_mixed_precision
+    from zerosearch.rl.launch import resolve_mixed_precision
+    from zerosearch.rl.trainer import RLTrainer
 
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision))
     trainer = RLTrainer(cfg, engine, rows, checkpoint_dir=workdir, accelerator=accelerator)

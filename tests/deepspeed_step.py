@@ -14,7 +14,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from zerosearch.config import load_config
-from zerosearch.rl.trainer import apply_deepspeed_values, build_accelerator, deepspeed_values
+from zerosearch.rl.launch import apply_deepspeed_values, build_accelerator, deepspeed_values
 
 MICRO, GAS = 2, 2
 cfg = load_config(sys.argv[1], ["train.mixed_precision='no'", f"train.micro_batch_size={MICRO}",

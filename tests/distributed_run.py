@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.conftest import micro_config  # sets HF_HUB_OFFLINE, tracking off
+from zerosearch.rl import launch
 from zerosearch.rl import trainer as trainer_module
 from zerosearch.stages import train as train_stage
 
@@ -137,7 +138,7 @@ def serve(args) -> dict:
                             "--env-file", str(env_file), "--mode", args.server_mode))
     cfg = micro_config(Path(args.root), "train.engine=simulated", "simulator.backend=transformers",
                        "simulator.server_args=[]", *args.set)
-    accelerator = trainer_module.build_accelerator(cfg.train)
+    accelerator = launch.build_accelerator(cfg.train)
     from zerosearch.serving import health_ok
 
     log = cfg.path("models") / "simulator_server.log"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from zerosearch.rl.trainer import check_launch
+from zerosearch.rl.launch import check_launch
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 DRIVER = str(REPO / "tests" / "distributed_run.py")

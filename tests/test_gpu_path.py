@@ -13,7 +13,8 @@ import yaml
 from tests.conftest import REPO, micro_config
 from zerosearch.lm.generation import HFGenerator
 from zerosearch.lm.models import resolve_attn_implementation
-from zerosearch.rl.trainer import RLTrainer, resolve_mixed_precision
+from zerosearch.rl.launch import resolve_mixed_precision
+from zerosearch.rl.trainer import RLTrainer
 
 ROWS = [{"question": f"q{i}", "golden_answers": [f"a{i}"]} for i in range(40)]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -185,7 +186,7 @@ def test_trainable_models_keep_fp32_weights_under_bf16_autocast_when_the_checkpo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from zerosearch.lm.models import load_model
-    from zerosearch.rl.trainer import master_dtype
+    from zerosearch.rl.launch import master_dtype
     from zerosearch.search.factory import make_engine
 
     bf16 = tmp_path / "policy_bf16"
@@ -218,7 +219,10 @@ def launched_deepspeed_plugin(name: str, monkeypatch):
     """The DeepSpeedPlugin each process of `accelerate launch --config_file configs/accelerate/<name>`
     builds: the launcher's environment (as accelerate's launch_command prepares it), then the plugin
     from that environment, as Accelerator() does. No deepspeed import, no GPU."""
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.commands.launch import (
+        _validate_launch_command,
+        launch_command_parser,
+    )
     from accelerate.utils import DeepSpeedPlugin
     from accelerate.utils.launch import prepare_deepspeed_cmd_env
 
@@ -272,7 +276,7 @@ def test_deepspeed_gets_batch_accumulation_clipping_and_bf16_from_params_before_
 
 def test_deepspeed_values_for_the_paper_presets():
     from zerosearch.config import load_config
-    from zerosearch.rl.trainer import deepspeed_values
+    from zerosearch.rl.launch import deepspeed_values
 
     t = load_config(REPO / "configs/paper/grpo-qwen2.5-3b-sft.yaml").train  # 320 per mini-batch, micro 16
     assert deepspeed_values(t, 2, "bf16") == {
@@ -335,7 +339,7 @@ def test_checkpoints_under_deepspeed_leave_out_the_partitioned_optimizer_state(t
 def test_several_processes_on_cpus_get_gloo_and_keep_deepspeed_when_launched_with_it():
     """cpu=True would drop an accelerate-launched DeepSpeed plugin (seen with deepspeed 0.19.8 on
     this CPU machine); DeepSpeed over gloo needs the process group's backend named instead."""
-    from zerosearch.rl.trainer import accelerator_launch_kwargs
+    from zerosearch.rl.launch import accelerator_launch_kwargs
 
     class Kwargs:
         def __init__(self, **kw):

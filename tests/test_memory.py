@@ -14,7 +14,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from zerosearch.config import LoraSection, load_config
 from zerosearch.rl.memory import training_memory_gb
-from zerosearch.rl.trainer import memory_estimate, warn_if_over_memory
+from zerosearch.rl.launch import memory_estimate, warn_if_over_memory
 
 REPO = Path(__file__).resolve().parents[1]
 P3, P7 = 3.09e9, 7.62e9
@@ -96,13 +96,13 @@ def test_the_trainer_warns_when_the_estimate_exceeds_the_gpu(monkeypatch, caplog
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     gpu(80e9)
-    with caplog.at_level(logging.WARNING, logger="zerosearch.rl.trainer"):
+    with caplog.at_level(logging.WARNING, logger="zerosearch.rl.launch"):
         e = warn_if_over_memory(policy, t, processes=2, deepspeed=True, device="cuda:0")
     # the counts of the loaded model: a frozen bf16 base, 9 bytes per adapter parameter over 2 processes
     assert e.policy == pytest.approx((2 * (total - lora) + 9 * lora) / 1e9) and e.reference == 0
     assert e.vllm == pytest.approx(24.0) and caplog.records == []
     gpu(1000)  # a GPU far too small for even this policy
-    with caplog.at_level(logging.WARNING, logger="zerosearch.rl.trainer"):
+    with caplog.at_level(logging.WARNING, logger="zerosearch.rl.launch"):
         e = warn_if_over_memory(policy, t, processes=2, deepspeed=True, device="cuda:0")
     assert e.total > 1e-6
     [record] = caplog.records

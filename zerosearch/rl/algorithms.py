@@ -8,7 +8,8 @@ gradient; every advantage estimator zeroes its output where the mask is 0.
 
 Registries (one lookup by name, an unknown name raises ``ValueError`` listing known ones):
 ``ADVANTAGES`` (``grpo``, ``gae``, ``reinforce_pp``), ``KL_ESTIMATORS`` (``k1``, ``k2``,
-``k3`` alias ``low_var_kl``) and the aggregation modes of :func:`aggregate`.
+``k3`` alias ``low_var_kl``), the aggregation modes of :func:`aggregate`, and ``ALGORITHMS``
+(``grpo``, ``ppo``, ``reinforce_pp``: which advantage, KL in the loss or the reward, critic or not).
 
 Departures from the papers / the reference implementation (Search-R1's old veRL):
 
@@ -34,6 +35,7 @@ Departures from the papers / the reference implementation (Search-R1's old veRL)
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -531,3 +533,20 @@ def _checkpointed_log_probs(logits: Tensor, targets: Tensor, temperature: float,
         with torch.no_grad():
             ent = entropy_from_logits(_scaled_fp32(logits, temperature))
     return log_probs, ent
+
+
+# Algorithms by name for the trainer: which advantage, KL in the loss or in the reward, critic or not.
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """How an algorithm name maps onto the pure functions."""
+
+    advantage: str  # name in ADVANTAGES
+    kl_in_reward: bool  # True: KL penalty folded into token rewards; False: a KL loss term
+    critic: bool
+
+
+ALGORITHMS: dict[str, AlgorithmSpec] = {
+    "grpo": AlgorithmSpec(advantage="grpo", kl_in_reward=False, critic=False),
+    "ppo": AlgorithmSpec(advantage="gae", kl_in_reward=True, critic=True),
+    "reinforce_pp": AlgorithmSpec(advantage="reinforce_pp", kl_in_reward=True, critic=False),
+}

@@ -26,7 +26,8 @@ from zerosearch.config import Config
 from zerosearch.data.schema import read_qa_parquet
 from zerosearch.lm.models import save_model
 from zerosearch.protocol import SearchEngine
-from zerosearch.rl.trainer import RLTrainer, build_accelerator
+from zerosearch.rl.launch import build_accelerator
+from zerosearch.rl.trainer import RLTrainer
 from zerosearch.search.factory import (
     make_engine,
     needs_simulator,
