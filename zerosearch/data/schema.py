@@ -151,12 +151,26 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def flashrag_document(contents: str) -> tuple[str, str]:
+    """(title, text) of a FlashRAG / Search-R1 corpus row's ``contents``: ``"Title"`` on the
+    first line (quoted), the passage after it. A single line is all text, no title."""
+    head, sep, body = contents.partition("\n")
+    if not sep:
+        return "", contents.strip()
+    return head.strip().strip('"').strip(), body.strip()
+
+
 def read_corpus(path: str | Path) -> list[dict[str, str]]:
-    """Read a jsonl corpus of ``{id, title, text}`` documents; names the bad line."""
+    """Read a jsonl corpus as ``{id, title, text}`` documents; names the bad line.
+
+    Rows are ours (``{id, title, text}``) or FlashRAG / Search-R1's (``{id, contents}`` with
+    ``contents`` = ``"Title"\npassage``, the wiki-18 corpus format), converted on read."""
     docs = read_jsonl(path)
     for n, d in enumerate(docs, start=1):
+        if "text" not in d and isinstance(d.get("contents"), str):
+            d["title"], d["text"] = flashrag_document(d.pop("contents"))
         if not isinstance(d.get("text"), str) or not d["text"].strip():
-            raise MalformedRowError(f"{path}, document {n}: missing or empty 'text'")
+            raise MalformedRowError(f"{path}, document {n}: missing or empty 'text' (or FlashRAG 'contents')")
         d.setdefault("title", "")
-        d.setdefault("id", str(n - 1))
+        d["id"] = str(d["id"]) if d.get("id") not in (None, "") else str(n - 1)
     return docs

@@ -5,7 +5,7 @@ Run it with ``zerosearch data`` (or ``dvc repro data``); ``run(cfg, tracker)`` i
 
     data/train.parquet            normalized QA rows (schema.QA_COLUMNS)
     data/test/<benchmark>.parquet one file per evaluation benchmark
-    data/corpus.jsonl             {id, title, text} documents (tiny world, or data.corpus)
+    data/corpus.jsonl             {id, title, text} documents (tiny world, or data.corpus converted)
     data/bm25/                    the BM25 index over the corpus
     data/world.json               tiny world only: entities and subject roles
 """
@@ -56,8 +56,8 @@ def _hub_files(cfg: Config, out: Path) -> dict[str, Any]:
         rows, n = hub.load_benchmark(name, source=cfg.data.benchmarks_source, skip_malformed=skip)
         splits[name] = rows
         skipped += n
-    if cfg.data.corpus:
-        shutil.copyfile(cfg.data.corpus, out / "corpus.jsonl")
+    if cfg.data.corpus:  # ours or FlashRAG's format in, ours out
+        write_jsonl(read_corpus(cfg.data.corpus), out / "corpus.jsonl")
     return {"splits": splits, "stats": {}, "skipped": skipped}
 
 
