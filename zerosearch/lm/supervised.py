@@ -8,16 +8,10 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
 from transformers import PreTrainedTokenizerBase
 
 from zerosearch.config import PretrainRun
+from zerosearch.progress import progress
 from zerosearch.protocol import Segment
 
 
@@ -61,11 +55,6 @@ def lr_lambda(warmup_steps: int, total_steps: int, floor: float = 0.1) -> Callab
     return f
 
 
-def progress_bar() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-
-
 def train_causal_lm(
     model: torch.nn.Module,
     chunks: tuple[torch.Tensor, torch.Tensor],
@@ -83,8 +72,7 @@ def train_causal_lm(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(run.warmup_steps, run.steps))
     model.train()
     losses: list[float] = []
-    with progress_bar() as bar:
-        task = bar.add_task(desc, total=run.steps, info="")
+    with progress(desc, run.steps) as bar:
         for step in range(run.steps):
             t0 = time.perf_counter()
             pick = torch.randint(len(ids), (run.batch_size,), generator=gen)
@@ -99,6 +87,6 @@ def train_causal_lm(
                        "tokens_per_s": ids[pick].numel() / (time.perf_counter() - t0)}
             if on_step:
                 on_step(step, metrics)
-            bar.update(task, advance=1, info=f"loss {losses[-1]:.3f}")
+            bar.update(1, info=f"loss {losses[-1]:.3f}")
     model.eval()
     return losses

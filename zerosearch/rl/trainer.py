@@ -72,6 +72,7 @@ from torch import Tensor
 from zerosearch.agent.rollout import RolloutBatch, RolloutSettings, run_rollouts
 from zerosearch.config import Config
 from zerosearch.lm.generation import HFGenerator
+from zerosearch.progress import progress
 from zerosearch.protocol import SearchEngine
 from zerosearch.rewards import exact_match, get_reward
 from zerosearch.rl.algorithms import (
@@ -336,10 +337,7 @@ class RLTrainer:
     def fit(self, resume: bool = False) -> list[dict[str, float]]:
         """Run from the first step not yet done to ``total_steps``; returns the metric history."""
         start = self.setup(resume)
-        from zerosearch.lm.supervised import progress_bar
-
-        with progress_bar() as bar:
-            task = bar.add_task(f"train {self.t.algorithm}", total=self.t.total_steps, completed=start, info="")
+        with progress(f"train {self.t.algorithm}", self.t.total_steps, completed=start) as bar:
             for step in range(start, self.t.total_steps):
                 metrics = self.train_step(step)
                 self.history.append({"step": step, **metrics})
@@ -350,7 +348,7 @@ class RLTrainer:
                 done = step + 1
                 if done % self.t.save_every == 0 or done == self.t.total_steps:
                     self.save(done)
-                bar.update(task, advance=1, info=f"reward {metrics['reward_mean']:.3f} em {metrics['em']:.3f}")
+                bar.update(1, info=f"reward {metrics['reward_mean']:.3f} em {metrics['em']:.3f}")
         return self.history
 
     def sample_rows(self, step: int) -> list[dict]:
