@@ -10,9 +10,11 @@ import sys
 from collections.abc import Callable
 
 from zerosearch.config import ConfigError, load_config
+from zerosearch.tether import exit_on_termination_signals
 
 
 def main(flow: Callable[..., dict], params: str = "params.yaml") -> None:
+    exit_on_termination_signals()  # `dvc exp` stopped, a CI job cancelled: servers stop with us
     try:
         load_config(params)
     except ConfigError as e:

@@ -30,6 +30,15 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def _every_command() -> None:
+    from zerosearch.tether import exit_on_termination_signals
+
+    exit_on_termination_signals()  # SIGTERM / SIGHUP end a command as Ctrl-C does: servers stop
+
+
 config_app = typer.Typer(help="Validate and show params files.", no_args_is_help=True)
 world_app = typer.Typer(help="Peek at the generated tiny world.", no_args_is_help=True)
 app.add_typer(config_app, name="config")

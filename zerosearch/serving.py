@@ -11,9 +11,11 @@
 - ``url``: an already running server at ``spec.url``; it is only health-checked, never
   started or stopped.
 
-The server runs in its own session (process group) with its output in a log file; on leaving
-the context (normally, on an exception or on ``KeyboardInterrupt``) the whole group gets
-SIGTERM, then SIGKILL after a grace period, so no worker it spawned outlives it.
+The server runs in its own session (process group) under a tether (``zerosearch.tether``) with
+its output in a log file; on leaving the context (normally, on an exception, on
+``KeyboardInterrupt`` or on the SIGTERM/SIGHUP the CLI turns into an exit) the whole group gets
+SIGTERM, then SIGKILL after a grace period, so no worker it spawned outlives it; when this
+process dies without leaving the context (SIGKILL, a crash) the tether stops the group.
 For sglang and vLLM, as for ``transformers serve``, the served model name is ``spec.model``.
 
 Notes on ``transformers serve`` (transformers 5.x, checked on CPU with a tiny Qwen2):
@@ -52,6 +54,8 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
+
+from zerosearch.tether import tethered
 
 __all__ = ["ServerSpec", "ServerStartError", "free_port", "health_ok", "port_in_use",
            "serve_simulator", "server_command"]
@@ -263,12 +267,14 @@ def _wait_url(base_url: str, startup_timeout: float, poll_interval: float) -> No
             f"within {startup_timeout:g}s (backend 'url': nothing was started; is it running?)")
 
 
-def start_process(cmd: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start ``cmd`` as the leader of its own session (``stop_process_group`` stops all it
-    spawned), its stdout and stderr appended to ``log_path``."""
+def start_process(cmd: list[str], log_path: Path, env: dict | None = None, *, grace_s: float = 10.0
+                  ) -> subprocess.Popen:
+    """Start ``cmd`` under a tether (``zerosearch.tether``) that leads its own session:
+    ``stop_process_group`` stops all it spawned, and the tether stops them when this process
+    dies, even by SIGKILL. Its stdout and stderr are appended to ``log_path``."""
     with open(log_path, "ab") as log:
         try:
-            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            return subprocess.Popen(tethered(cmd, grace_s=grace_s), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     start_new_session=True)
         except OSError as err:
             raise ServerStartError(f"could not run {shlex.join(cmd)}: {err}") from err
