@@ -215,3 +215,14 @@ def test_config_show_prints_the_resolved_preset_as_a_complete_params_file(tmp_pa
     (tmp_path / "params.yaml").write_text(result.output)  # usable as a complete params file
     assert load_config(tmp_path / "params.yaml") == load_config(REPO / "configs/paper/ppo-qwen2.5-7b-sft.yaml",
                                                                 ["train.total_steps=5"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.total_steps=true", "total_steps: expected int, got True"),
+    ("train.lr=false", "lr: expected float, got False"),
+    ("base.chat_prompt=1", "chat_prompt: expected bool, got 1"),
+    ("simulator.url=true", "url: expected str or null, got True"),
+])
+def test_a_boolean_is_not_a_number_and_a_number_not_a_boolean(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "params.yaml", [override])

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -36,8 +36,32 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema; the message names key and file."""
 
 
+def _type_name(annotation: Any) -> str:
+    if annotation is type(None):
+        return "null"
+    args = [a for a in get_args(annotation) if isinstance(a, type) or get_args(a)]
+    if args:
+        return " or ".join(dict.fromkeys(_type_name(a) for a in args))
+    return getattr(annotation, "__name__", str(annotation))
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        """``total_steps: true`` is a mistake, not 1 (and ``enabled: 1`` not true): YAML booleans
+        where a bool belongs, and only there."""
+        if isinstance(data, Mapping):
+            for name, field in cls.model_fields.items():
+                if name not in data:
+                    continue
+                value, kind = data[name], field.annotation
+                takes_bool = kind is bool or bool in get_args(kind)
+                if isinstance(value, bool) != takes_bool and (kind is bool or isinstance(value, bool)):
+                    raise ValueError(f"{name}: expected {_type_name(kind)}, got {value!r}")
+        return data
 
 
 class Paths(_Section):
