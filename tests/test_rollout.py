@@ -61,7 +61,7 @@ def test_masks_are_exactly_the_policy_tokens(tok):
     engine = RecordingEngine(noisy=True)
     batch = run_rollouts(ScriptedPolicy(tok, {k: list(v) for k, v in scripts.items()}), tok, engine,
                          ["Q1", "Q2", "Q3"], [["Velora"], ["Zandoria"], ["x"]],
-                         RolloutSettings(max_turns=4, max_response_tokens=64, max_obs_tokens=512), step=7)
+                         RolloutSettings(max_search_turns=3, max_response_tokens=64, max_obs_tokens=512), step=7)
     # Q1: turn (policy) + docs (env) + turn (policy)
     obs = ids(tok, information_block([Doc("TVelora", "about Velora", noisy=True)]))
     t1, t2 = ids(tok, scripts["Q1"][0]), ids(tok, scripts["Q1"][1])
@@ -93,7 +93,7 @@ def test_all_pending_queries_go_in_one_call_per_turn_and_max_turns_stops(tok):
     engine = RecordingEngine()
     policy = ScriptedPolicy(tok, scripts)
     batch = run_rollouts(policy, tok, engine, ["Q1", "Q2", "Q3"], [["a"]] * 3,
-                         RolloutSettings(max_turns=2, max_response_tokens=64, max_obs_tokens=512))
+                         RolloutSettings(max_search_turns=1, max_response_tokens=64, max_obs_tokens=512))
     # one batched call per turn, none after the last turn (nobody would read those documents)
     assert [len(c[0]) for c in engine.calls] == [3]
     assert policy.calls == [3, 3]
@@ -117,7 +117,7 @@ def test_observations_are_truncated_to_the_budget(tok):
 
     scripts = {"Q1": ["<search> Velora </search>", "<answer> V </answer>"]}
     batch = run_rollouts(ScriptedPolicy(tok, scripts), tok, LongDocs(), ["Q1"], [["V"]],
-                         RolloutSettings(max_turns=3, max_response_tokens=64, max_obs_tokens=40))
+                         RolloutSettings(max_search_turns=2, max_response_tokens=64, max_obs_tokens=40))
     t = batch.trajectories[0]
     assert t.truncated_observations == 1
     obs_len = int((batch.loss_mask[0] == 0).sum() - batch.prompt_lengths[0] - (batch.attention_mask[0] == 0).sum())
@@ -134,7 +134,7 @@ def test_real_tiny_model_rollout_shapes_and_masks(tok):
                                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
     gen = HFGenerator(model, tok, temperature=1.0)
     batch = run_rollouts(gen, tok, RecordingEngine(), ["Where was Kadmir born?"] * 4, [["Velora"]] * 4,
-                         RolloutSettings(max_turns=2, max_response_tokens=12, max_obs_tokens=64))
+                         RolloutSettings(max_search_turns=1, max_response_tokens=12, max_obs_tokens=64))
     b, length = batch.input_ids.shape
     assert b == 4 and batch.loss_mask.shape == (b, length)
     for i, t in enumerate(batch.trajectories):
@@ -152,13 +152,13 @@ def test_a_trajectory_that_would_outgrow_the_context_window_stops(tok):
         return {"Q1": ["<search> a </search>"] * 5}
 
     batch = run_rollouts(ScriptedPolicy(tok, scripts()), tok, RecordingEngine(), ["Q1"], [["a"]],
-                         RolloutSettings(max_turns=5, max_response_tokens=16, max_obs_tokens=512,
+                         RolloutSettings(max_search_turns=4, max_response_tokens=16, max_obs_tokens=512,
                                          max_context_tokens=10_000))
     unlimited = batch.trajectories[0]
     assert unlimited.turns == 5 and not unlimited.hit_context_limit
     window = len(unlimited.prompt_ids) + 40
     batch = run_rollouts(ScriptedPolicy(tok, scripts()), tok, RecordingEngine(), ["Q1"], [["a"]],
-                         RolloutSettings(max_turns=5, max_response_tokens=16, max_obs_tokens=512,
+                         RolloutSettings(max_search_turns=4, max_response_tokens=16, max_obs_tokens=512,
                                          max_context_tokens=window))
     t = batch.trajectories[0]
     assert t.hit_context_limit and t.turns < 5 and t.answer is None
