@@ -6,7 +6,7 @@ and counts the turns whose output holds a well-formed action (a ``<search>...</s
 or ``<answer>...</answer>`` block).
 Also reports EM of the final answers and how long the base stage took (from its manifest).
 
-    python bench/base_protocol.py [--params params.yaml] [--n 100] [--max-turns 4]
+    python bench/base_protocol.py [--params params.yaml] [--n 100] [--max-turns 3]
 
 Target (foundation issue): >= 90% well-formed turns; base stage <= 300 s.
 """
@@ -38,7 +38,7 @@ def run(params: str, n: int, max_turns: int, max_new_tokens: int, seed: int, sho
     generator = HFGenerator(model, tok, temperature=1.0)
     torch.manual_seed(seed)
     rows = {}
-    settings = dataclasses.replace(RolloutSettings.from_config(cfg), max_turns=max_turns,
+    settings = dataclasses.replace(RolloutSettings.from_config(cfg), max_search_turns=max_turns,
                                    max_response_tokens=max_new_tokens)
     for bench in cfg.data.benchmarks:
         qs = read_qa_parquet(cfg.path("data") / "test" / f"{bench}.parquet")[:n]
@@ -59,7 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--n", type=int, default=100, help="questions per benchmark")
-    ap.add_argument("--max-turns", type=int, default=4)
+    ap.add_argument("--max-turns", type=int, default=3, help="searches with documents (then the answer turn)")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--show-invalid", type=int, default=0, help="print this many trajectories with invalid turns")

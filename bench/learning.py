@@ -38,7 +38,7 @@ def main() -> None:
     policies = {"base": cfg.base.policy_model, "trained": args.trained or str(cfg.path("models") / "policy")}
     policies |= dict(item.split("=", 1) for item in args.compare)
     splits = cfg.data.benchmarks
-    table = Table(title=f"EM on the test splits (BM25 top-{cfg.search.top_k}, greedy, {cfg.train.max_turns} turns)")
+    table = Table(title=f"EM on the test splits (BM25 top-{cfg.search.top_k}, greedy, {cfg.train.max_turns} searches + answer)")
     for col in ["policy", *splits, "average", "searches"]:
         table.add_column(col, justify="right")
     for label, path in policies.items():

@@ -1,7 +1,7 @@
 """Bench: RL speed of our loop and trainer, in one process on one model.
 
 (a) Rollout loop vs plain ``generate``: policy tokens/s of ``zerosearch.agent.rollout.run_rollouts``
-    (``HFGenerator``, BM25 engine, ``train.max_turns`` turns of ``--max-new-tokens`` each) against
+    (``HFGenerator``, BM25 engine, ``train.max_turns`` searches + the answer turn, ``--max-new-tokens`` each) against
     one batched ``model.generate`` on the same prompts with the same sampling, forced (min = max
     new tokens, so EOS cannot stop it) to the loop's mean number of policy tokens per trajectory.
     Only policy-sampled tokens count (the rollout's ``loss_mask``). One warm-up, median of repeats.
@@ -9,7 +9,7 @@
     equal rows prefilled once, the ``kv_forward`` step) vs with one ``model.generate`` per turn
     (``GenerateEachTurn``, the first generator); and with ``HFGenerator`` on the transformers
     forward step (``kv_forward.transformers_step``, what models without the Llama layout get).
-(b) Seconds per GRPO step, single turn (``train.max_turns=1``): our ``RLTrainer`` vs TRL's
+(b) Seconds per GRPO step, single turn (``train.max_turns=0``: no search, the answer turn only): our ``RLTrainer`` vs TRL's
     ``GRPOTrainer`` with the same model, prompts (``policy_prompt(question)``), prompts per step,
     group size, max completion length, temperature 1.0, F1 reward, one optimizer step per
     generation batch, no KL (beta = kl_coef = 0: no reference model on either side), no gradient
@@ -214,7 +214,7 @@ def add_rollout_rows(table: Table, a: dict, max_turns: int, max_new: int) -> Non
     """The (a), (a') and (a'') rows, from ``bench_rollout``'s result."""
     table.add_row("(a) rollout loop vs generate", f"{a['loop']:.0f} tok/s", f"{a['plain']:.0f} tok/s (generate)",
                   f"overhead {a['overhead']:+.1%}", "<= 25%",
-                  f"{a['batch']} traj, max_turns {max_turns} x {max_new} tok, {a['tokens']:.1f} policy "
+                  f"{a['batch']} traj, {max_turns} searches + answer x {max_new} tok, {a['tokens']:.1f} policy "
                   f"tok/traj, {a['searches']:.2f} searches/traj, median of {a['repeats']}")
     table.add_row("(a') loop: HFGenerator vs generate per turn", f"{a['loop']:.0f} tok/s",
                   f"{a['per_turn']:.0f} tok/s (generate per turn)", f"speedup {a['speedup']:.2f}x", "-",
@@ -249,7 +249,7 @@ def main() -> None:
     fwd = args.fwd_batch or prompts * group
     train = [f"train.{k}={v}" for k, v in {
         "algorithm": "grpo", "engine": "bm25", "reward": "f1", "batch_prompts": prompts, "group_size": group,
-        "mini_batch_size": prompts * group, "micro_batch_size": fwd, "ppo_epochs": 1, "max_turns": 1,
+        "mini_batch_size": prompts * group, "micro_batch_size": fwd, "ppo_epochs": 1, "max_turns": 0,
         "max_response_tokens": max_new, "temperature": 1.0, "kl_coef": 0.0, "entropy_coef": 0.0,
         "warmup_ratio": 0.0, "total_steps": args.steps + 1, "gradient_checkpointing": False,
         "lora.enabled": False}.items()]

@@ -27,7 +27,7 @@ MICRO = [
       for k, v in {"steps": 2, "batch_size": 2, "seq_len": 64, "warmup_steps": 1}.items()],
     "simulator_sft.n_questions=24",
     "simulator_sft.demo_world_searches=0",
-    "train.max_turns=2",
+    "train.max_turns=1",
     "train.max_response_tokens=12",
     "train.max_obs_tokens=128",
 ]

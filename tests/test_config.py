@@ -45,8 +45,15 @@ def test_paper_presets_carry_the_papers_values():
     qwen7 = load_config(REPO / "configs/paper/grpo-qwen2.5-7b-sft.yaml")
     assert qwen7.base.policy_model == "Qwen/Qwen2.5-7B" and qwen7.simulator.curriculum.p_end == 0.75
     instruct = load_config(REPO / "configs/paper/grpo-qwen2.5-3b-instruct-sft.yaml")
-    assert instruct.base.policy_model == "Qwen/Qwen2.5-3B-Instruct" and instruct.base.chat_prompt  # chat template
-    assert not qwen7.base.chat_prompt
+    assert instruct.base.policy_model == "Qwen/Qwen2.5-3B-Instruct"
+    # the reference: the chat template whenever the tokenizer has one, base or instruct; its turn
+    # budget (5 searches with documents + the answer turn), corrective message and layout
+    for c in (instruct, qwen7):
+        assert c.base.chat_prompt == "auto" and c.train.max_turns == 5
+        assert (c.train.corrective_message, c.train.information_layout) == ("reference", "reference")
+    tiny = load_config(REPO / "params.yaml")
+    assert tiny.base.chat_prompt is False and tiny.train.max_turns == 3  # 3 searches + answer, as before
+    assert (tiny.train.corrective_message, tiny.train.information_layout) == ("ours", "ours")
     qwen = load_config(REPO / "configs/paper/grpo-qwen2.5-3b-sft.yaml")
     assert (qwen.simulator.curriculum.p_start, qwen.simulator.curriculum.p_end) == (0.0, 0.25)
     assert qwen.simulator.curriculum.base == 4.0

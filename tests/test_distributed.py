@@ -67,7 +67,7 @@ def test_a_simulator_that_fails_to_start_fails_every_process_without_a_hang(tmp_
 TRAIN = ["train.engine=bm25", "train.total_steps=4", "train.save_every=3", "train.lr=0.001",
          "train.warmup_ratio=0.9",  # warmup ceil(3.6) = 4 steps: the LR differs after every step
          "train.kl_coef=0.01", "train.batch_prompts=4", "train.group_size=2", "train.mini_batch_size=4",
-         "train.micro_batch_size=1", "train.ppo_epochs=2", "train.max_turns=2", "train.max_response_tokens=16"]
+         "train.micro_batch_size=1", "train.ppo_epochs=2", "train.max_turns=1", "train.max_response_tokens=16"]
 
 
 @pytest.mark.slow

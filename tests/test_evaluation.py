@@ -87,7 +87,7 @@ def test_baselines_force_an_answer_and_rag_retrieves_once(micro_world):
     cfg = _cfg(micro_world)
     model, tok = load_model(cfg.base.policy_model)
     rows = [{"id": "q1", "question": "Where was X born?", "golden_answers": ["Y"]}]
-    settings = RolloutSettings(max_turns=2, max_response_tokens=8, max_obs_tokens=64)
+    settings = RolloutSettings(max_search_turns=1, max_response_tokens=8, max_obs_tokens=64)
     direct = predict_direct(model, tok, rows, settings)
     assert direct[0]["trajectory"].startswith("<answer>") and direct[0]["searches"] == 0
     rag = predict_rag(model, tok, make_engine(cfg, "bm25"), rows, settings)
@@ -116,7 +116,7 @@ def test_ask_round_trips_on_the_tiny_model(micro_world):
 
     cfg = _cfg(micro_world)
     agent = Agent.load(cfg.base.policy_model, make_engine(cfg, "bm25"),
-                       RolloutSettings(max_turns=2, max_response_tokens=12, max_obs_tokens=128))
+                       RolloutSettings(max_search_turns=1, max_response_tokens=12, max_obs_tokens=128))
     answer = agent.ask("Where was X born?")
     assert answer.question == "Where was X born?" and answer.steps == parse_steps(answer.trajectory)
     args = ["ask", "Where was X born?", "--json", "--policy", cfg.base.policy_model, "--engine", "bm25",
@@ -170,14 +170,14 @@ def test_policy_registers_in_mlflow_and_ask_loads_it_back(micro_world, tmp_path,
 
 def _ask_args(micro_world: Path, params: Path, policy: str) -> list[str]:
     sets = [f"base.paths.data={micro_world}/data", f"base.paths.models={micro_world}/models",
-            "train.max_turns=2", "train.max_response_tokens=12", "train.max_obs_tokens=128"]
+            "train.max_turns=1", "train.max_response_tokens=12", "train.max_obs_tokens=128"]
     return ["ask", "Where was X born?", "--policy", policy, "--engine", "bm25", "--params", str(params), "--json",
             *[a for o in sets for a in ("--set", o)]]
 
 
 def test_ask_applies_the_chat_template_when_the_preset_says_so(micro_world, monkeypatch):
-    """An instruct preset (base.chat_prompt: true) prompts through the tokenizer's chat template;
-    params.yaml (a base model, chat_prompt false) prompts with plain text."""
+    """A paper preset (base.chat_prompt: auto, the tiny tokenizer has a template) prompts through
+    the tokenizer's chat template; params.yaml (chat_prompt false) prompts with plain text."""
     from zerosearch.cli import app
     from zerosearch.config import load_config
     from zerosearch.protocol import policy_prompt
@@ -207,7 +207,8 @@ def test_ask_applies_the_chat_template_when_the_preset_says_so(micro_world, monk
         prompts[chat] = tok.decode(first_contexts[0], skip_special_tokens=False)
         assert first_contexts[0] == tok(policy_prompt("Where was X born?", tok, chat=chat),
                                         add_special_tokens=False)["input_ids"]
-    assert set(prompts) == {True, False}  # the preset is an instruct one, params.yaml is not
+    assert set(prompts) == {"auto", False}  # the preset applies the template, params.yaml does not
+    prompts[True] = prompts.pop("auto")
     im_start = tok.convert_tokens_to_ids("<|im_start|>")
     assert prompts[True].startswith("<|im_start|>user\n") and prompts[True].endswith("<|im_start|>assistant\n")
     assert "Question: Where was X born?" in prompts[True]
@@ -221,10 +222,10 @@ def test_the_registered_pyfunc_carries_the_run_settings_and_answers_with_them(mi
 
     import zerosearch.agent.ask as ask_module
 
-    cfg = _cfg(micro_world, "train.max_turns=3", "train.max_response_tokens=10", "train.max_obs_tokens=96",
+    cfg = _cfg(micro_world, "train.max_turns=2", "train.max_response_tokens=10", "train.max_obs_tokens=96",
                "eval.registered_model=zs-settings")
     settings = RolloutSettings.from_config(cfg)
-    assert (settings.max_turns, settings.max_response_tokens) != (LEGACY_SETTINGS.max_turns,
+    assert (settings.max_search_turns, settings.max_response_tokens) != (LEGACY_SETTINGS.max_search_turns,
                                                                  LEGACY_SETTINGS.max_response_tokens)
 
     class CopyingTracker(MemoryTracker):
@@ -278,7 +279,7 @@ def test_register_agent_skips_an_evaluation_without_the_agent_method(micro_world
 
 def test_models_registered_without_settings_answer_with_the_legacy_ones():
     assert read_settings({}) == LEGACY_SETTINGS
-    assert read_settings({"policy": "/x"}) == RolloutSettings(max_turns=4, max_response_tokens=96, max_obs_tokens=512)
+    assert read_settings({"policy": "/x"}) == RolloutSettings(max_search_turns=3, max_response_tokens=96, max_obs_tokens=512)
 
 
 def test_a_model_pickled_by_zerosearch_0_1_fails_saying_to_register_it_again():

@@ -67,6 +67,7 @@ ZS_ROWS = [
         "golden_answers": ["Shakespeare", "William Shakespeare"],
         "data_source": "nq",
         "split": "train",
+        "prompt": [{"role": "user", "content": "q"}],  # kept: the policy is fed exactly it
     },
     {
         "id": "train_1",
@@ -74,6 +75,7 @@ ZS_ROWS = [
         "golden_answers": ["Paris"],
         "data_source": "hotpotqa",
         "split": "train",
+        "prompt": [{"role": "user", "content": "q"}],  # kept: the policy is fed exactly it
     },
     {
         "id": "train_2",
@@ -81,6 +83,7 @@ ZS_ROWS = [
         "golden_answers": ["Everest", "Mount Everest"],
         "data_source": "nq",
         "split": "train",
+        "prompt": [{"role": "user", "content": "q"}],  # kept: the policy is fed exactly it
     },
 ]
 

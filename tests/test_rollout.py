@@ -61,7 +61,7 @@ def test_masks_are_exactly_the_policy_tokens(tok):
     engine = RecordingEngine(noisy=True)
     batch = run_rollouts(ScriptedPolicy(tok, {k: list(v) for k, v in scripts.items()}), tok, engine,
                          ["Q1", "Q2", "Q3"], [["Velora"], ["Zandoria"], ["x"]],
-                         RolloutSettings(max_turns=4, max_response_tokens=64, max_obs_tokens=512), step=7)
+                         RolloutSettings(max_search_turns=3, max_response_tokens=64, max_obs_tokens=512), step=7)
     # Q1: turn (policy) + docs (env) + turn (policy)
     obs = ids(tok, information_block([Doc("TVelora", "about Velora", noisy=True)]))
     t1, t2 = ids(tok, scripts["Q1"][0]), ids(tok, scripts["Q1"][1])
@@ -93,7 +93,7 @@ def test_all_pending_queries_go_in_one_call_per_turn_and_max_turns_stops(tok):
     engine = RecordingEngine()
     policy = ScriptedPolicy(tok, scripts)
     batch = run_rollouts(policy, tok, engine, ["Q1", "Q2", "Q3"], [["a"]] * 3,
-                         RolloutSettings(max_turns=2, max_response_tokens=64, max_obs_tokens=512))
+                         RolloutSettings(max_search_turns=1, max_response_tokens=64, max_obs_tokens=512))
     # one batched call per turn, none after the last turn (nobody would read those documents)
     assert [len(c[0]) for c in engine.calls] == [3]
     assert policy.calls == [3, 3]
@@ -117,7 +117,7 @@ def test_observations_are_truncated_to_the_budget(tok):
 
     scripts = {"Q1": ["<search> Velora </search>", "<answer> V </answer>"]}
     batch = run_rollouts(ScriptedPolicy(tok, scripts), tok, LongDocs(), ["Q1"], [["V"]],
-                         RolloutSettings(max_turns=3, max_response_tokens=64, max_obs_tokens=40))
+                         RolloutSettings(max_search_turns=2, max_response_tokens=64, max_obs_tokens=40))
     t = batch.trajectories[0]
     assert t.truncated_observations == 1
     obs_len = int((batch.loss_mask[0] == 0).sum() - batch.prompt_lengths[0] - (batch.attention_mask[0] == 0).sum())
@@ -134,7 +134,7 @@ def test_real_tiny_model_rollout_shapes_and_masks(tok):
                                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
     gen = HFGenerator(model, tok, temperature=1.0)
     batch = run_rollouts(gen, tok, RecordingEngine(), ["Where was Kadmir born?"] * 4, [["Velora"]] * 4,
-                         RolloutSettings(max_turns=2, max_response_tokens=12, max_obs_tokens=64))
+                         RolloutSettings(max_search_turns=1, max_response_tokens=12, max_obs_tokens=64))
     b, length = batch.input_ids.shape
     assert b == 4 and batch.loss_mask.shape == (b, length)
     for i, t in enumerate(batch.trajectories):
@@ -152,14 +152,72 @@ def test_a_trajectory_that_would_outgrow_the_context_window_stops(tok):
         return {"Q1": ["<search> a </search>"] * 5}
 
     batch = run_rollouts(ScriptedPolicy(tok, scripts()), tok, RecordingEngine(), ["Q1"], [["a"]],
-                         RolloutSettings(max_turns=5, max_response_tokens=16, max_obs_tokens=512,
+                         RolloutSettings(max_search_turns=4, max_response_tokens=16, max_obs_tokens=512,
                                          max_context_tokens=10_000))
     unlimited = batch.trajectories[0]
     assert unlimited.turns == 5 and not unlimited.hit_context_limit
     window = len(unlimited.prompt_ids) + 40
     batch = run_rollouts(ScriptedPolicy(tok, scripts()), tok, RecordingEngine(), ["Q1"], [["a"]],
-                         RolloutSettings(max_turns=5, max_response_tokens=16, max_obs_tokens=512,
+                         RolloutSettings(max_search_turns=4, max_response_tokens=16, max_obs_tokens=512,
                                          max_context_tokens=window))
     t = batch.trajectories[0]
     assert t.hit_context_limit and t.turns < 5 and t.answer is None
     assert len(t.context) + 16 > window and batch.stats()["context_limit_stops"] == 1
+
+
+def test_the_turn_budget_counts_search_turns_then_one_answer_turn(tok):
+    """``max_search_turns`` N (the reference's max_turns): N searches get documents, then one
+    more generation for the final answer; a search there gets nothing."""
+    for n in (0, 1, 3):
+        engine = RecordingEngine()
+        policy = ScriptedPolicy(tok, {"Q1": ["<search> a </search>"] * (n + 2)})
+        batch = run_rollouts(policy, tok, engine, ["Q1"], [["a"]],
+                             RolloutSettings(max_search_turns=n, max_response_tokens=16, max_obs_tokens=512))
+        t = batch.trajectories[0]
+        assert len(policy.calls) == n + 1 and t.turns == n + 1
+        assert len(engine.calls) == n and t.searches == n and t.answer is None
+    # an answer before the budget ends the trajectory
+    policy = ScriptedPolicy(tok, {"Q1": ["<search> a </search>", "<answer> Velora </answer>"]})
+    batch = run_rollouts(policy, tok, RecordingEngine(), ["Q1"], [["a"]],
+                         RolloutSettings(max_search_turns=5, max_response_tokens=16, max_obs_tokens=512))
+    assert batch.answers == ["Velora"] and batch.trajectories[0].turns == 2
+
+
+def test_the_reference_layouts_of_documents_and_the_corrective_message(tok):
+    from zerosearch.protocol import CORRECTIVE_MESSAGES, INVALID_ACTION_REFERENCE
+
+    scripts = {"Q1": ["<search> Velora </search>", "no action here", "<answer> Velora </answer>"]}
+    settings = RolloutSettings(max_search_turns=2, max_response_tokens=64, max_obs_tokens=512,
+                               corrective_message="reference", information_layout="reference")
+    batch = run_rollouts(ScriptedPolicy(tok, scripts), tok, RecordingEngine(), ["Q1"], [["a"]], settings)
+    t = batch.trajectories[0]
+    block = information_block([Doc("TVelora", "about Velora")], "reference")
+    assert block == "\n\n<information>Doc 1: (TVelora) about Velora</information>\n\n"
+    assert "previous action was invalid" in INVALID_ACTION_REFERENCE and "try again" in INVALID_ACTION_REFERENCE
+    assert CORRECTIVE_MESSAGES["ours"] == INVALID_ACTION
+    expected = (ids(tok, "<search> Velora </search>") + ids(tok, block) + ids(tok, "no action here")
+                + ids(tok, INVALID_ACTION_REFERENCE) + ids(tok, "<answer> Velora </answer>"))
+    assert t.response_ids == expected
+    mask = ([1] * len(ids(tok, "<search> Velora </search>")) + [0] * len(ids(tok, block))
+            + [1] * len(ids(tok, "no action here")) + [0] * len(ids(tok, INVALID_ACTION_REFERENCE))
+            + [1] * len(ids(tok, "<answer> Velora </answer>")))
+    assert t.loss_mask == mask and t.answer == "Velora"
+
+
+def test_settings_logged_with_the_old_turn_count_load_as_the_same_rollouts():
+    """A registered model's ``rollout_settings`` from before: ``max_turns`` counted generation
+    turns (the answer turn included) and the layouts did not exist (ours)."""
+    from pathlib import Path
+
+    from zerosearch.config import load_config
+
+    old = {"max_turns": 4, "max_response_tokens": 96, "max_obs_tokens": 512, "max_context_tokens": 1024,
+           "chat": False}
+    settings = RolloutSettings.from_dict(old)
+    assert settings.max_search_turns == 3
+    assert (settings.corrective_message, settings.information_layout) == ("ours", "ours")
+    tiny = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert settings == RolloutSettings.from_config(tiny)  # the tiny world's settings, unchanged
+    assert RolloutSettings.from_dict(settings.to_dict()) == settings
+    with pytest.raises(ValueError, match="unknown field"):
+        RolloutSettings.from_dict({**settings.to_dict(), "max_turns": 4, "extra": 1})

@@ -62,7 +62,7 @@ def test_collect_pairs_records_and_labels_every_search(tmp_path):
     _, tok = load_model(cfg.base.policy_model)
     qs = read_qa_parquet(cfg.path("data") / "train.parquet")[:30]
     pairs = collect_pairs(QueryPolicy(tok), tok, BM25Engine.load(cfg.path("data") / "bm25"), qs,
-                          RolloutSettings(max_turns=3, max_response_tokens=64, max_obs_tokens=512), batch_size=8)
+                          RolloutSettings(max_search_turns=2, max_response_tokens=64, max_obs_tokens=512), batch_size=8)
     assert len(pairs) == 30  # one search per question
     assert [p["question"] for p in pairs] == [q["question"] for q in qs]
     assert {p["label"] for p in pairs} == {"useful", "noisy"}  # single-hop vs two-hop questions

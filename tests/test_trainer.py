@@ -20,7 +20,7 @@ from zerosearch.stages import train as train_stage
 TRAIN = ["train.engine=bm25", "train.batch_prompts=2", "train.group_size=2", "train.mini_batch_size=2",
          "train.micro_batch_size=1", "train.total_steps=4", "train.save_every=2", "train.lr=0.001",
          "train.warmup_ratio=0.25", "train.kl_coef=0.01", "train.gradient_checkpointing=false",
-         "train.max_turns=2", "train.max_response_tokens=16"]
+         "train.max_turns=1", "train.max_response_tokens=16"]
 
 
 def _cfg(root: Path, tmp: Path, *extra: str):

@@ -103,7 +103,7 @@ def test_rollouts_through_vllm_keep_the_masks_and_stop_tokens(tok, fake_vllm):
     llm = in_process_llm(tok, ["<search> Kadmir </search>", "<answer> Velora </answer>"])
     gen = VLLMGenerator(llm, tok, temperature=0.8)
     batch = run_rollouts(gen, tok, Engine(), ["Where was Kadmir born?"] * 2, [["Velora"]] * 2,
-                         RolloutSettings(max_turns=3, max_response_tokens=16, max_obs_tokens=64))
+                         RolloutSettings(max_search_turns=2, max_response_tokens=16, max_obs_tokens=64))
     assert batch.answers == ["Velora", "Velora"] and batch.num_searches.tolist() == [1, 1]
     first_prompts, params = llm.calls[0]
     assert first_prompts[0]["prompt_token_ids"] == batch.trajectories[0].prompt_ids

@@ -79,7 +79,7 @@ class BaseSection(_Section):
     mlflow_experiment: str
     trust_remote_code: bool
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"]
-    chat_prompt: bool
+    chat_prompt: Literal["auto"] | bool
 
 
 class WorldSection(_Section):
@@ -232,10 +232,12 @@ class TrainSection(_Section):
     clip_ratio: Annotated[float, Field(gt=0.0, lt=1.0)]
     gamma: Probability
     lam: Probability
-    max_turns: PositiveInt
+    max_turns: Annotated[int, Field(ge=0)]
     max_response_tokens: PositiveInt
     max_obs_tokens: PositiveInt
     max_prompt_tokens: PositiveInt
+    corrective_message: Literal["ours", "reference"]
+    information_layout: Literal["ours", "reference"]
     ppo_epochs: PositiveInt
     mini_batch_size: PositiveInt
     micro_batch_size: PositiveInt

@@ -23,7 +23,9 @@ import torch
 from zerosearch.agent.rollout import RolloutSettings, run_rollouts
 from zerosearch.lm.generation import HFGenerator
 from zerosearch.protocol import (
+    INFORMATION_LAYOUTS,
     SearchEngine,
+    encode_prompt,
     information_block,
     parse_action,
     policy_prompt,
@@ -55,7 +57,8 @@ def predict_agent(model, tokenizer, engine: SearchEngine, rows: Sequence[dict], 
     with torch.no_grad():
         for chunk in _batches(rows, batch_size):
             batch = run_rollouts(generator, tokenizer, engine, [r["question"] for r in chunk],
-                                 [r["golden_answers"] for r in chunk], settings)
+                                 [r["golden_answers"] for r in chunk], settings,
+                                 prompts=[r.get("prompt") for r in chunk])
             for row, t in zip(chunk, batch.trajectories, strict=True):
                 records.append(_record(row, t.answer, tokenizer.decode(t.response_ids, skip_special_tokens=False),
                                        searches=t.searches, invalid=t.invalid_actions, turns=t.turns))
@@ -65,7 +68,7 @@ def predict_agent(model, tokenizer, engine: SearchEngine, rows: Sequence[dict], 
 def _forced_answers(model, tokenizer, contexts: list[str], max_tokens: int) -> list[str]:
     """Greedy continuation of each context (which ends with ``<answer>``) up to ``</answer>``."""
     generator = HFGenerator(model, tokenizer, do_sample=False)
-    ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in contexts]
+    ids = [encode_prompt(c, tokenizer) for c in contexts]
     outs = generator.generate(ids, max_tokens)
     return [tokenizer.decode(o, skip_special_tokens=False) for o in outs]
 
@@ -86,7 +89,7 @@ def predict_direct(model, tokenizer, rows: Sequence[dict], settings: RolloutSett
     records = []
     with torch.no_grad():
         for chunk in _batches(rows, batch_size):
-            contexts = [policy_prompt(r["question"], tokenizer, chat=settings.chat) + ANSWER_OPEN for r in chunk]
+            contexts = [_prompt(r, tokenizer, settings) + ANSWER_OPEN for r in chunk]
             outs = _forced_answers(model, tokenizer, contexts, settings.max_response_tokens)
             for row, out in zip(chunk, outs, strict=True):
                 records.append(_record(row, _answer_text(out), ANSWER_OPEN + out))
@@ -105,9 +108,10 @@ def predict_rag(model, tokenizer, engine: SearchEngine, rows: Sequence[dict], se
         for chunk in _batches(rows, batch_size):
             docs = engine.search([r["question"] for r in chunk], questions=[r["question"] for r in chunk],
                                  answers=[r["golden_answers"] for r in chunk], step=0)
-            blocks = [_truncate(information_block(d), tokenizer, settings.max_obs_tokens) for d in docs]
-            contexts = [tokenizer(policy_prompt(r["question"], tokenizer, chat=settings.chat) + b,
-                                  add_special_tokens=False)["input_ids"] for r, b in zip(chunk, blocks, strict=True)]
+            blocks = [_truncate(information_block(d, settings.information_layout), tokenizer, settings)
+                      for d in docs]
+            contexts = [encode_prompt(_prompt(r, tokenizer, settings) + b, tokenizer)
+                        for r, b in zip(chunk, blocks, strict=True)]
             outs = [tokenizer.decode(o, skip_special_tokens=False)
                     for o in generator.generate(contexts, settings.max_response_tokens)]
             for row, block, out in zip(chunk, blocks, outs, strict=True):
@@ -117,11 +121,16 @@ def predict_rag(model, tokenizer, engine: SearchEngine, rows: Sequence[dict], se
     return records
 
 
-def _truncate(block: str, tokenizer, max_tokens: int) -> str:
+def _truncate(block: str, tokenizer, settings: RolloutSettings) -> str:
     ids = tokenizer(block, add_special_tokens=False)["input_ids"]
-    if len(ids) <= max_tokens:
+    if len(ids) <= settings.max_obs_tokens:
         return block
-    return tokenizer.decode(ids[:max_tokens]) + "\n</information>\n"
+    return tokenizer.decode(ids[:settings.max_obs_tokens]) + INFORMATION_LAYOUTS[settings.information_layout][1]
+
+
+def _prompt(row: dict, tokenizer, settings: RolloutSettings) -> str:
+    """The row's policy prompt: its ``prompt`` messages when it has them, else our template."""
+    return policy_prompt(row["question"], tokenizer, chat=settings.chat, messages=row.get("prompt"))
 
 
 def summarize(records: Sequence[dict]) -> dict[str, float]:

@@ -6,9 +6,15 @@ Per turn, every unfinished trajectory of the batch generates until ``</search>``
 ``<answer>`` block of the turn is its action. All pending queries of the batch go to the
 engine in ONE batched call with the current training step (the simulator's curriculum
 depends on it); the documents are appended inside ``<information>``; a turn with no action
-gets the corrective message. After ``max_turns`` turns unfinished trajectories stop without
-an answer; a search or an invalid turn on the last turn gets no documents and no corrective
-message (nothing would read them).
+gets the corrective message. The turn budget counts as the reference's ``max_turns`` does:
+``max_search_turns`` turns whose searches get documents, then one more generation for the
+final answer; a search or an invalid turn on that last turn gets no documents and no
+corrective message (nothing would read them), and a trajectory still without an answer stops
+there.
+
+The prompt is a question's data-row chat messages when it has them (``prompts``), else our
+template, through the tokenizer's chat template per ``chat`` (``protocol.policy_prompt``), and
+starts with the tokenizer's start tokens once (``protocol.encode_prompt``).
 
 State masking: the loss mask is 1 exactly on tokens the policy sampled. Prompt tokens,
 ``<information>`` blocks and corrective messages are context the policy did not write, so
@@ -28,9 +34,14 @@ from typing import Literal, Protocol
 import torch
 
 from zerosearch.protocol import (
-    INVALID_ACTION,
+    CORRECTIVE_MESSAGES,
+    INFORMATION_LAYOUTS,
+    ChatMode,
     Doc,
+    Layout,
+    Message,
     SearchEngine,
+    encode_prompt,
     information_block,
     parse_action,
     policy_prompt,
@@ -43,35 +54,56 @@ class RolloutSettings:
     to every rollout: training, evaluation, ``zerosearch ask``, the registered MLflow model,
     simulator-SFT pair collection and the benches, so none of them can drift.
 
-    max_turns:           generation turns per trajectory (searches plus the answer turn)
+    max_search_turns:    turns whose search gets documents (the reference's ``max_turns``);
+                         a trajectory generates at most ``max_search_turns + 1`` times, the
+                         last one for the final answer
     max_response_tokens: new tokens per turn
     max_obs_tokens:      tokens of one ``<information>`` block (cut, closing tag kept)
     max_context_tokens:  a trajectory that could outgrow this window in its next turn stops
                          there without an answer (None: no limit)
-    chat:                prompt through the tokenizer's chat template (instruct models)
+    chat:                the chat template: ``"auto"`` when the tokenizer has one, True
+                         always, False never (plain text)
+    corrective_message:  wording of the message after a turn with no action (``ours`` |
+                         ``reference``, ``protocol.CORRECTIVE_MESSAGES``)
+    information_layout:  the text around documents (``protocol.INFORMATION_LAYOUTS``)
     """
 
-    max_turns: int
+    max_search_turns: int
     max_response_tokens: int
     max_obs_tokens: int
     max_context_tokens: int | None = None
-    chat: bool = False
+    chat: ChatMode = False
+    corrective_message: Layout = "ours"
+    information_layout: Layout = "ours"
 
     @classmethod
     def from_config(cls, cfg) -> RolloutSettings:
-        """``train.max_turns``, ``max_response_tokens``, ``max_obs_tokens``, ``max_prompt_tokens``
-        (the context window) and ``base.chat_prompt`` of a ``zerosearch.config.Config``."""
+        """``train.max_turns`` (search turns), ``max_response_tokens``, ``max_obs_tokens``,
+        ``max_prompt_tokens`` (the context window), ``corrective_message``,
+        ``information_layout`` and ``base.chat_prompt`` of a ``zerosearch.config.Config``."""
         t = cfg.train
-        return cls(max_turns=t.max_turns, max_response_tokens=t.max_response_tokens,
+        return cls(max_search_turns=t.max_turns, max_response_tokens=t.max_response_tokens,
                    max_obs_tokens=t.max_obs_tokens, max_context_tokens=t.max_prompt_tokens,
-                   chat=cfg.base.chat_prompt)
+                   chat=cfg.base.chat_prompt, corrective_message=t.corrective_message,
+                   information_layout=t.information_layout)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict) -> RolloutSettings:
-        """The inverse of ``to_dict``; an unknown or missing field is an error naming it."""
+        """The inverse of ``to_dict``; an unknown or missing field is an error naming it.
+
+        Settings logged before the turn budget was counted as the reference counts it hold
+        ``max_turns`` (generation turns, the answer turn included): N becomes
+        ``max_search_turns`` N - 1, the same rollouts. Those settings also predate the layout
+        options, so a missing ``corrective_message`` / ``information_layout`` is ``ours``,
+        what they ran with."""
+        raw = dict(raw)
+        if "max_turns" in raw and "max_search_turns" not in raw:
+            raw["max_search_turns"] = raw.pop("max_turns") - 1
+            raw.setdefault("corrective_message", "ours")
+            raw.setdefault("information_layout", "ours")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - names)
         if unknown:
@@ -169,16 +201,22 @@ def run_rollouts(
     settings: RolloutSettings,
     *,
     step: int = 0,
+    prompts: Sequence[Sequence[Message] | None] | None = None,
 ) -> RolloutBatch:
     """Roll out one trajectory per question (repeat questions for a group) under ``settings``;
-    ``step`` is the training step the engine sees (the simulator's curriculum)."""
+    ``step`` is the training step the engine sees (the simulator's curriculum). ``prompts``
+    (aligned with ``questions``) are the data rows' chat messages, None where a row has none
+    (our template then)."""
     s = settings
-    unique = list(dict.fromkeys(questions))  # a group's n rollouts share one prompt: tokenize it once
-    prompt_ids = dict(zip(unique, tokenizer([policy_prompt(q, tokenizer, chat=s.chat) for q in unique],
-                                            add_special_tokens=False)["input_ids"], strict=True))
-    trajs = [Trajectory(q, list(g), list(prompt_ids[q])) for q, g in zip(questions, golden_answers, strict=True)]
+    rows = prompts if prompts is not None else [None] * len(questions)
+    texts = [policy_prompt(q, tokenizer, chat=s.chat, messages=m) for q, m in zip(questions, rows, strict=True)]
+    prompt_ids = {text: encode_prompt(text, tokenizer) for text in dict.fromkeys(texts)}  # a group's: once
+    trajs = [Trajectory(q, list(g), list(prompt_ids[text]))
+             for q, g, text in zip(questions, golden_answers, texts, strict=True)]
     rollout = object()  # keys are scoped to this call: no cache outlives the rollout
-    for turn in range(s.max_turns):
+    n_turns = s.max_search_turns + 1  # searches with documents, then the final answer turn
+    corrective = tokenizer(CORRECTIVE_MESSAGES[s.corrective_message], add_special_tokens=False)["input_ids"]
+    for turn in range(n_turns):
         active = [t for t in trajs if t.status == "generating"]
         if not active:
             break
@@ -189,19 +227,20 @@ def run_rollouts(
             active = [t for t in active if t.status == "generating"]
             if not active:
                 break
-        last_turn = turn == s.max_turns - 1
+        last_turn = turn == n_turns - 1
         outputs = generator.generate([t.context for t in active], s.max_response_tokens,
                                      keys=[(rollout, id(t)) for t in active])
         for t, new_ids in zip(active, outputs, strict=True):
-            _take_turn(t, new_ids, tokenizer, s.max_response_tokens, last_turn=last_turn)
+            _take_turn(t, new_ids, tokenizer, s.max_response_tokens, last_turn=last_turn, corrective=corrective)
         if not last_turn:  # after the last turn nobody reads the documents: no engine call
-            _answer_searches([t for t in trajs if t.status == "searching"], engine, tokenizer, s.max_obs_tokens, step)
+            _answer_searches([t for t in trajs if t.status == "searching"], engine, tokenizer, s, step)
     for t in trajs:
         t.status = "done"
     return _collate(trajs, tokenizer.pad_token_id)
 
 
-def _take_turn(t: Trajectory, new_ids: list[int], tokenizer, max_new: int, last_turn: bool) -> None:
+def _take_turn(t: Trajectory, new_ids: list[int], tokenizer, max_new: int, last_turn: bool,
+               corrective: list[int]) -> None:
     t.turns += 1
     t.append(new_ids, trained=True)
     text = tokenizer.decode(new_ids, skip_special_tokens=False)
@@ -214,7 +253,7 @@ def _take_turn(t: Trajectory, new_ids: list[int], tokenizer, max_new: int, last_
             t.status = "done"
             return
         # The corrective message is the environment speaking: context, not policy output.
-        t.append(tokenizer(INVALID_ACTION, add_special_tokens=False)["input_ids"], trained=False)
+        t.append(corrective, trained=False)
         t.status = "generating"
     elif action[0] == "answer":
         t.answer, t.status = action[1], "done"
@@ -222,7 +261,8 @@ def _take_turn(t: Trajectory, new_ids: list[int], tokenizer, max_new: int, last_
         t.pending_query, t.status = action[1], "done" if last_turn else "searching"
 
 
-def _answer_searches(pending: list[Trajectory], engine: SearchEngine, tokenizer, max_obs_tokens: int, step: int) -> None:
+def _answer_searches(pending: list[Trajectory], engine: SearchEngine, tokenizer, s: RolloutSettings,
+                     step: int) -> None:
     """One batched engine call for every pending query; documents go in with mask 0."""
     if not pending:
         return
@@ -232,12 +272,13 @@ def _answer_searches(pending: list[Trajectory], engine: SearchEngine, tokenizer,
         answers=[t.golden_answers for t in pending],
         step=step,
     )
-    blocks = tokenizer([information_block(docs) for docs in results], add_special_tokens=False)["input_ids"]
+    blocks = tokenizer([information_block(docs, s.information_layout) for docs in results],
+                       add_special_tokens=False)["input_ids"]
     for t, docs, ids in zip(pending, results, blocks, strict=True):
         t.searches += 1
         t.noisy.append(_noisy_flag(docs))
         # Retrieved documents are state, not actions: state masking keeps them out of the loss.
-        t.append(_observation_ids(ids, tokenizer, max_obs_tokens, t), trained=False)
+        t.append(_observation_ids(ids, tokenizer, s, t), trained=False)
         t.pending_query = None
         t.status = "generating"
 
@@ -247,13 +288,13 @@ def _noisy_flag(docs: list[Doc]) -> bool | None:
     return flags.pop() if len(flags) == 1 else None
 
 
-def _observation_ids(ids: list[int], tokenizer, max_obs_tokens: int, t: Trajectory) -> list[int]:
+def _observation_ids(ids: list[int], tokenizer, s: RolloutSettings, t: Trajectory) -> list[int]:
     """The tokens of an ``<information>`` block, cut to ``max_obs_tokens`` (closing tag kept)."""
-    if len(ids) <= max_obs_tokens:
+    if len(ids) <= s.max_obs_tokens:
         return ids
     t.truncated_observations += 1
-    closing = tokenizer("\n</information>\n", add_special_tokens=False)["input_ids"]
-    return ids[: max(0, max_obs_tokens - len(closing))] + closing
+    closing = tokenizer(INFORMATION_LAYOUTS[s.information_layout][1], add_special_tokens=False)["input_ids"]
+    return ids[: max(0, s.max_obs_tokens - len(closing))] + closing
 
 
 def _collate(trajs: list[Trajectory], pad_id: int) -> RolloutBatch:

@@ -7,7 +7,9 @@ in the shared HF cache and ``HF_HUB_OFFLINE=1`` / ``HF_DATASETS_OFFLINE=1`` are 
 file is neither cached nor reachable, :class:`DatasetUnavailableError` says how to get it. Files
 are then read locally (pyarrow / json) so that a bad row is reported by ``normalize_rows`` with
 its file and index instead of failing inside an Arrow type cast. Every loader returns
-``(rows, n_skipped)`` in the schema of :mod:`zerosearch.data.schema`.
+``(rows, n_skipped)`` in the schema of :mod:`zerosearch.data.schema`; a row's ``prompt`` chat
+messages come along when the file has them (the ZeroSearch parquet does; FlashRAG benchmarks
+do not, and get our prompt template), and questions are kept as written.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ BENCHMARK_SPLITS: dict[str, str] = {
 }
 IN_DOMAIN = ("nq", "hotpotqa")
 
-_KEEP = ("id", "question", "golden_answers", "data_source", "reward_model")
+# ``prompt`` (the policy prompt as chat messages) is kept: the policy is fed exactly it.
+_KEEP = ("id", "question", "golden_answers", "data_source", "reward_model", "prompt")
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
@@ -147,8 +150,9 @@ def load_benchmark(
         if (Path(source) / name / f"{split}.parquet").is_file():
             filename = f"{name}/{split}.parquet"
     path, label = _fetch(source, filename)
-    # Keep only the FlashRAG fields: data_source is the benchmark name, not a column.
-    fields = ("id", "question", "golden_answers")
+    # Keep only the FlashRAG fields (and a prompt, where a file has one): data_source is the
+    # benchmark name, not a column.
+    fields = ("id", "question", "golden_answers", "prompt")
     raws = ({k: r[k] for k in fields if k in r} for r in _read_rows(path))
     return normalize_rows(
         itertools.islice(raws, limit),

@@ -2,8 +2,11 @@
 
 A QA row is ``{id, question, golden_answers, data_source, split}``: ``golden_answers`` is a
 non-empty list of strings (aliases), ``data_source`` names the benchmark (``nq``,
-``tinyworld_single``...). Corpus documents are ``{id, title, text}`` (jsonl). Files are
-written atomically (temp file + rename) and deterministically (same rows -> same bytes).
+``tinyworld_single``...). A row may also carry ``prompt``: the policy prompt as chat messages
+(``[{role, content}, ...]``, the ZeroSearch/Search-R1 ``prompt`` column); the question is kept
+as written (a trailing "?" stays). A file has the ``prompt`` column only when some row has
+one. Corpus documents are ``{id, title, text}`` (jsonl). Files are written atomically (temp
+file + rename) and deterministically (same rows -> same bytes).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ QA_SCHEMA = pa.schema(
         ("split", pa.string()),
     ]
 )
+PROMPT_COLUMN = "prompt"  # optional: written only when some row has one
+PROMPT_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
 
 class MalformedRowError(ValueError):
@@ -44,6 +49,20 @@ def _as_answer_list(value: Any) -> list[str] | None:
         return None
     answers = [a.strip() for a in value if a.strip()]
     return answers or None
+
+
+def _as_messages(value: Any, where: str) -> list[dict[str, str]] | None:
+    """A ``prompt`` value as ``[{role, content}, ...]`` (lists, tuples or numpy arrays of
+    mappings with string ``role`` and ``content``); None or empty is None; anything else raises."""
+    if value is None:
+        return None
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)) and all(
+            isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in value):
+        return [{"role": m["role"], "content": m["content"]} for m in value] or None
+    raise MalformedRowError(f"{where}: 'prompt' must be a list of {{role, content}} chat messages, got {value!r}")
 
 
 def normalize_row(
@@ -69,13 +88,17 @@ def normalize_row(
         )
     row_id = raw.get("id")
     row_id = str(row_id) if row_id not in (None, "") else f"{data_source}-{split}-{row_index}"
-    return {
+    row = {
         "id": row_id,
         "question": question.strip(),
         "golden_answers": answers,
         "data_source": str(raw.get("data_source") or data_source),
         "split": split,
     }
+    prompt = _as_messages(raw.get(PROMPT_COLUMN), where)
+    if prompt is not None:
+        row[PROMPT_COLUMN] = prompt
+    return row
 
 
 def normalize_rows(
@@ -103,16 +126,22 @@ def normalize_rows(
 
 
 def write_qa_parquet(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Write QA rows as parquet, atomically; same rows give the same bytes."""
+    """Write QA rows as parquet, atomically; same rows give the same bytes. The ``prompt``
+    column is written when some row has a prompt (null for the rows without)."""
     path = Path(path)
-    table = pa.Table.from_pylist([{k: r[k] for k in QA_COLUMNS} for r in rows], schema=QA_SCHEMA)
+    columns, schema = QA_COLUMNS, QA_SCHEMA
+    if any(r.get(PROMPT_COLUMN) for r in rows):
+        columns, schema = (*QA_COLUMNS, PROMPT_COLUMN), QA_SCHEMA.append(pa.field(PROMPT_COLUMN, PROMPT_TYPE))
+    table = pa.Table.from_pylist([{k: r.get(k) if k == PROMPT_COLUMN else r[k] for k in columns} for r in rows],
+                                 schema=schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return path
 
 
 def read_qa_parquet(path: str | Path) -> list[dict[str, Any]]:
-    """Read a QA parquet written by ``write_qa_parquet`` (or any file with those columns)."""
+    """Read a QA parquet written by ``write_qa_parquet`` (or any file with those columns); a
+    ``prompt`` column, when the file has one, comes along (rows without one: no ``prompt``)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"QA file not found: {path}")
@@ -120,10 +149,15 @@ def read_qa_parquet(path: str | Path) -> list[dict[str, Any]]:
     missing = [c for c in QA_COLUMNS if c not in table.column_names]
     if missing:
         raise MalformedRowError(f"{path}: missing columns {missing}")
-    rows = table.select(list(QA_COLUMNS)).to_pylist()
+    extra = [PROMPT_COLUMN] if PROMPT_COLUMN in table.column_names else []
+    rows = table.select([*QA_COLUMNS, *extra]).to_pylist()
     for i, row in enumerate(rows):  # a hand-edited or foreign file: fail naming the row
         normalize_row(row, source=str(path), row_index=i, data_source=row.get("data_source") or "",
                       split=row.get("split") or "")
+        if extra:
+            prompt = _as_messages(row.pop(PROMPT_COLUMN), f"{path}, row {i}")
+            if prompt is not None:
+                row[PROMPT_COLUMN] = prompt
     return rows
 
 

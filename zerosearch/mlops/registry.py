@@ -25,8 +25,9 @@ from zerosearch.tracker import Tracker
 logger = logging.getLogger(__name__)
 
 SETTINGS_ARTIFACT = "rollout_settings"
-# What models registered before settings were logged ran with (the old Agent defaults).
-LEGACY_SETTINGS = RolloutSettings(max_turns=4, max_response_tokens=96, max_obs_tokens=512)
+# What models registered before settings were logged ran with (the old Agent defaults: 4 generation
+# turns, i.e. 3 searches with documents + the answer turn).
+LEGACY_SETTINGS = RolloutSettings(max_search_turns=3, max_response_tokens=96, max_obs_tokens=512)
 
 
 def resolve_policy(ref: str) -> str:

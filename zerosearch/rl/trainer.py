@@ -367,7 +367,8 @@ class RLTrainer:
         policy = self.accelerator.unwrap_model(self.m.policy)
         policy.eval()
         batch = run_rollouts(self.generator(policy), self.m.tokenizer, self.engine, [rows[i]["question"] for i in group],
-                             [rows[i]["golden_answers"] for i in group], self.rollout_settings, step=step)
+                             [rows[i]["golden_answers"] for i in group], self.rollout_settings, step=step,
+                             prompts=[rows[i].get("prompt") for i in group])  # the data's prompt, if any
         return batch, group
 
     def generator(self, policy):

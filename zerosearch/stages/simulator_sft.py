@@ -70,7 +70,7 @@ def collect_pairs(generator: Generator, tokenizer, engine: SearchEngine, questio
     for i in range(0, len(questions), batch_size):
         chunk = questions[i : i + batch_size]
         run_rollouts(generator, tokenizer, recorder, [q["question"] for q in chunk],
-                     [q["golden_answers"] for q in chunk], settings)
+                     [q["golden_answers"] for q in chunk], settings, prompts=[q.get("prompt") for q in chunk])
     pairs = [r for r in recorder.records if r["query"].strip() and r["documents"]]
     for r in pairs:
         r["label"] = "useful" if contains_answer(r["documents"], r["golden_answers"]) else "noisy"
