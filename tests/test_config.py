@@ -227,7 +227,8 @@ def test_config_show_prints_the_resolved_preset_as_a_complete_params_file(tmp_pa
 @pytest.mark.parametrize("override, message", [
     ("train.total_steps=true", "total_steps: expected int, got True"),
     ("train.lr=false", "lr: expected float, got False"),
-    ("base.chat_prompt=1", "chat_prompt: expected bool, got 1"),
+    ("base.chat_prompt=1", "chat_prompt: expected 'auto' or bool, got 1"),
+    ("simulator_sft.enabled=1", "enabled: expected bool, got 1"),
     ("simulator.url=true", "url: expected str or null, got True"),
 ])
 def test_a_boolean_is_not_a_number_and_a_number_not_a_boolean(override, message):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -36,9 +36,25 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema; the message names key and file."""
 
 
+def _base_types(annotation: Any) -> set[type]:
+    """The plain types a field accepts: unions and ``Annotated`` unwrapped, a ``Literal``'s values' types."""
+    if get_origin(annotation) is Literal:
+        return {type(v) for v in get_args(annotation)}
+    args = get_args(annotation)
+    if not args:
+        return {annotation} if isinstance(annotation, type) else set()
+    if get_origin(annotation) is Annotated:
+        return _base_types(args[0])
+    if get_origin(annotation) in (list, dict, tuple):
+        return {get_origin(annotation)}
+    return set().union(*(_base_types(a) for a in args))
+
+
 def _type_name(annotation: Any) -> str:
     if annotation is type(None):
         return "null"
+    if get_origin(annotation) is Literal:
+        return " or ".join(repr(v) for v in get_args(annotation))
     args = [a for a in get_args(annotation) if isinstance(a, type) or get_args(a)]
     if args:
         return " or ".join(dict.fromkeys(_type_name(a) for a in args))
@@ -57,10 +73,10 @@ class _Section(BaseModel):
             for name, field in cls.model_fields.items():
                 if name not in data:
                     continue
-                value, kind = data[name], field.annotation
-                takes_bool = kind is bool or bool in get_args(kind)
-                if isinstance(value, bool) != takes_bool and (kind is bool or isinstance(value, bool)):
-                    raise ValueError(f"{name}: expected {_type_name(kind)}, got {value!r}")
+                value, kinds = data[name], _base_types(field.annotation)
+                is_bool, is_number = isinstance(value, bool), isinstance(value, (int, float)) and not isinstance(value, bool)
+                if (is_bool and bool not in kinds) or (is_number and bool in kinds and not kinds & {int, float}):
+                    raise ValueError(f"{name}: expected {_type_name(field.annotation)}, got {value!r}")
         return data
 
 
