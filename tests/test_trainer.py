@@ -389,6 +389,9 @@ def test_ppo_critic_lr_warms_up_linearly_and_resumes(micro_world, tmp_path):
     cfg = _cfg(micro_world, tmp_path, "train.algorithm=ppo", "train.critic_warmup_ratio=0.5", "train.critic_lr=0.002")
     trainer = _trainer(cfg, tmp_path / "ckpt")
     trainer.setup()
+    for opt in (trainer.m.optimizer, trainer.m.critic_optimizer):  # the reference's AdamW settings
+        group = opt.param_groups[0]
+        assert (type(opt.optimizer), group["weight_decay"], group["betas"]) == (torch.optim.AdamW, 0.01, (0.9, 0.999))
     seen = []
     trainer.m.critic_optimizer.optimizer.register_step_pre_hook(
         lambda opt, *_: seen.append(opt.param_groups[0]["lr"]))
