@@ -310,7 +310,7 @@ def test_what_deepspeed_would_get_wrong_is_refused_at_trainer_start(what, tmp_pa
                                                                                            monkeypatch)
     cfg = micro_config(tmp_path, *(["train.algorithm=ppo"] if what == "ppo" else []))
     expected = {"zero3": "ZeRO-3 is not supported.*deepspeed_zero2.yaml",
-                "ppo": "ppo is not supported under DeepSpeed.*grpo or reinforce_pp.*--multi_gpu",
+                "ppo": "ppo is not supported under DeepSpeed.*grpo, reinforce or reinforce_pp.*--multi_gpu",
                 "resume": "--resume is not supported under DeepSpeed"}[what]
     with pytest.raises(ValueError, match=expected):
         trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=deepspeed_accelerator(plugin))
