@@ -32,7 +32,9 @@ Departures from the reference (Search-R1 / ZeroSearch on veRL):
   ``_micro_step``).
 - The LR schedule advances once per training step, not once per mini-batch. Warmup step
   ``k`` (from 0) runs at ``(k + 1) / ceil(ratio * total_steps)`` of the LR; veRL's at
-  ``k / int(ratio * total_steps)`` (its first step at LR 0): the same ramp one step earlier.
+  ``k / int(ratio * total_steps)``, its first step at LR 0. For a non-integer
+  ``ratio * total_steps`` both reach the full LR at step ``int(ratio * total_steps)`` (203
+  steps: ours over 193 / 58 / 4 steps for 0.95 / 0.285 / 0.015, veRL's over 192 / 57 / 3).
 - Mini-batches are drawn from a seeded shuffle of the step's rollouts (veRL's actor:
   ``shuffle: False``, consecutive rows, whole groups together).
 - PPO's critic is ``AutoModelForTokenClassification`` (one label) initialised from the
