@@ -3,8 +3,9 @@ tests/test_deepspeed_cpu.py under `accelerate launch --config_file
 configs/accelerate/deepspeed_zero2.yaml`. The DeepSpeed values come from the trainer's own
 ``deepspeed_values``/``apply_deepspeed_values`` before ``prepare``; each micro-batch toggles
 ``sync_gradients`` and calls ``backward(scale_wrt_gas=False)`` as ``RLTrainer`` does. Prints
-one JSON line: the engine's step count after each micro-batch, whether the weights moved, and
-the engine's gradient norm against a plain fp32 reference of the mini-batch's mean loss."""
+one JSON line: the engine's step count after each micro-batch and after a one-micro-batch
+remainder mini-batch, whether the weights moved, and the engine's gradient norm against a plain
+fp32 reference of the mini-batch's mean loss."""
 
 import copy
 import json
@@ -45,7 +46,12 @@ for i, batch in enumerate(ids.split(MICRO)):
         acc.sync_gradients = True
     steps.append(engine.global_steps)
 moved = sum(float((p.detach().float() - b).abs().sum()) for p, b in zip(engine.module.parameters(), before))
+grad_norm = float(engine.get_global_grad_norm())
+# a smaller last mini-batch (mini_batch_size not dividing the step's rollouts): one micro-batch, the
+# boundary marked by sync_gradients, not by the engine's count of GAS micro-batches
+acc.backward(model(input_ids=ids[:MICRO], labels=ids[:MICRO]).loss, scale_wrt_gas=False)
 print(json.dumps({"engine": type(engine).__name__, "zero_stage": engine.zero_optimization_stage(),
                   "gas": engine.gradient_accumulation_steps(), "micro": engine.train_micro_batch_size_per_gpu(),
                   "steps_after_each_micro_batch": steps, "weights_moved": moved,
-                  "grad_norm": float(engine.get_global_grad_norm()), "reference_grad_norm": float(reference_norm)}))
+                  "steps_after_a_one_micro_batch_remainder": engine.global_steps,
+                  "grad_norm": grad_norm, "reference_grad_norm": float(reference_norm)}))

@@ -148,8 +148,35 @@ def test_reinforce_pp_gamma_one_no_kl_is_the_score():
     close(ret, [[2.0, 0.0, 2.0, 0.0]])
 
 
+def test_reinforce_is_the_raw_score_on_every_sampled_token():
+    # the paper's vanilla REINFORCE: scores [0.5, 0, 1] broadcast over each row's mask-1 tokens,
+    # no baseline (row 1 keeps 0, not 0 - mean), no whitening (row 2 keeps 1.0), group ids ignored
+    mask = t([1, 0, 1, 1], [1, 1, 0, 0], [0, 1, 1, 0])
+    adv, ret = get_advantage("reinforce")(torch.tensor([0.5, 0.0, 1.0]), mask, group_ids=[0, 0, 0],
+                                          gamma=0.5, kl=torch.ones(3, 4), kl_coef=1.0)
+    close(adv, [[0.5, 0.0, 0.5, 0.5], [0, 0, 0, 0], [0.0, 1.0, 1.0, 0.0]])
+    close(ret, adv)
+    assert ret.data_ptr() != adv.data_ptr()
+
+
+def test_reinforce_spec_and_its_loss_terms():
+    """``reinforce``: KL as a loss term (not in the reward), no critic; its clipped policy loss on
+    the raw-score advantages. Two tokens, score 1, old log-probs 0, ratios [1.5, 0.5], clip 0.2:
+    per token max(-r, -clip(r)) = [max(-1.5, -1.2), max(-0.5, -0.8)] = [-1.2, -0.5] -> mean -0.85."""
+    from zerosearch.rl.algorithms import ALGORITHMS
+
+    spec = ALGORITHMS["reinforce"]
+    assert (spec.advantage, spec.kl_in_reward, spec.critic) == ("reinforce", False, False)
+    assert ALGORITHMS["reinforce_pp"].kl_in_reward  # REINFORCE++ unchanged: KL in the reward
+    mask = torch.ones(1, 2)
+    adv, _ = get_advantage("reinforce")(torch.tensor([1.0]), mask)
+    loss, stats = policy_loss(torch.log(t([1.5, 0.5])), torch.zeros(1, 2), adv, mask, clip_ratio=0.2)
+    close(loss, -0.85)
+    assert stats["clip_fraction"] == pytest.approx(0.5)
+
+
 def test_unknown_names_list_known_ones():
-    with pytest.raises(ValueError, match=r"known: gae, grpo, reinforce_pp"):
+    with pytest.raises(ValueError, match=r"known: gae, grpo, reinforce, reinforce_pp"):
         get_advantage("ppo2")
     with pytest.raises(ValueError, match=r"k1, k2, k3, low_var_kl"):
         get_kl("k4")

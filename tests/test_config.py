@@ -65,7 +65,7 @@ def test_paper_presets_carry_the_papers_values():
     assert (llama.simulator.curriculum.p_start, llama.simulator.curriculum.p_end) == (0.25, 0.5)
     assert llama.train.algorithm == "ppo" and llama.simulator.mode == "prompt"
     assert (llama.train.critic_lr, llama.train.gamma, llama.train.lam) == (1e-5, 1.0, 1.0)
-    assert load_config(REPO / "configs/paper/reinforce-qwen2.5-3b-sft.yaml").train.algorithm == "reinforce_pp"
+    assert load_config(REPO / "configs/paper/reinforce-qwen2.5-3b-sft.yaml").train.algorithm == "reinforce"
 
 
 @pytest.mark.parametrize(

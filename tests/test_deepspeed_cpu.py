@@ -27,6 +27,7 @@ def test_one_zero2_step_through_accelerate_steps_the_engine_once_per_mini_batch(
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert (result["engine"], result["zero_stage"], result["gas"], result["micro"]) == ("DeepSpeedEngine", 2, 2, 2)
     assert result["steps_after_each_micro_batch"] == [0, 1]  # no step on the first micro-batch, one on the last
+    assert result["steps_after_a_one_micro_batch_remainder"] == 2  # a smaller last mini-batch steps too
     assert result["weights_moved"] > 0
     # the step's gradient is the mean loss over the whole mini-batch (fp32: equal up to rounding)
     assert result["grad_norm"] == pytest.approx(result["reference_grad_norm"], rel=1e-4)

@@ -136,3 +136,16 @@ def test_two_processes_train_their_shares_step_like_one_process_and_resume(micro
             e[1]["local_stats"]["context_limit_stops"]
         for key in ("entropy", "policy_loss", "kl"):  # each process's token share of the mini-batch losses
             assert h[key] == pytest.approx(e[0]["local_update"][key] + e[1]["local_update"][key], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_split_a_remainder_mini_batch_alike(micro_world, tmp_path):
+    """mini_batch_size 6 of 8 rollouts (as the paper's 256 of 320): each process trains on 3 + 1 of its 4,
+    so both run the same micro-batches (no collective waits) and step twice, syncing on each last one."""
+    sets = [*TRAIN, "train.total_steps=1", "train.save_every=1", "train.ppo_epochs=1", "train.mini_batch_size=6",
+            f"base.paths.models={tmp_path}/models", f"base.paths.metrics={tmp_path}/metrics"]
+    done, records = launch(2, "train", "--root", str(micro_world), "--out", str(tmp_path / "out"), "--set", *sets)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["rank"] for r in records] == [0, 1]
+    for r in records:
+        assert r["steps"]["0"]["optimizer_steps"] == 2 and r["steps"]["0"]["syncs"] == [False, False, True, True]

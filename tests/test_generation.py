@@ -1,6 +1,7 @@
 """HFGenerator: its own decode loop must give what ``model.generate`` gives, with KV caches
 kept between turns and finished rows cut out of the batch."""
 
+import math
 import random
 from pathlib import Path
 
@@ -94,6 +95,55 @@ def test_sampling_is_seeded_and_respects_max_new_tokens(tok, model):
     assert a == b
     assert all(1 <= len(x) <= 5 for x in a)
     assert all(x[-1] in gen.stop_ids or len(x) == 5 for x in a)
+
+
+def test_top_p_one_samples_as_without_a_nucleus_filter_and_draws_nothing_more(tok, model):
+    """top_p 1.0 (the tiny world's) is the plain softmax draw: no warper, the same tokens, the same
+    RNG state after, so runs stay bit-identical to before train.top_p existed."""
+    gen = HFGenerator(model, tok, temperature=0.7, top_p=1.0)
+    assert gen.top_p is None
+    logits = torch.randn(64, len(tok), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(5)
+    sampled, after = gen._sample(logits), torch.rand(1)
+    torch.manual_seed(5)
+    plain, plain_after = sample_categorical(torch.softmax(logits.float() / 0.7, -1)), torch.rand(1)
+    assert torch.equal(sampled, plain) and torch.equal(after, plain_after)
+    contexts = contexts_for(tok, 6)
+    torch.manual_seed(3)
+    default = HFGenerator(model, tok, temperature=0.7).generate(contexts, 8, keys=list(range(6)))
+    torch.manual_seed(3)
+    assert gen.generate(contexts, 8, keys=list(range(6))) == default
+
+
+def test_top_p_samples_only_inside_the_nucleus(tok, model):
+    # probs [0.5, 0.3, 0.15, 0.05]: the nucleus of 0.75 is {0, 1} (0.5 < 0.75 <= 0.8), drawn as 5 : 3
+    gen = HFGenerator(model, tok, top_p=0.75)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(20000, 4)
+    torch.manual_seed(0)
+    freq = torch.bincount(gen._sample(logits), minlength=4).float() / 20000
+    torch.testing.assert_close(freq, torch.tensor([0.625, 0.375, 0.0, 0.0]), atol=0.015, rtol=0)
+    assert freq[2] == 0 and freq[3] == 0
+
+    # through the decode loop: one token holding 97% > top_p 0.95 is the only one ever written;
+    # without the filter the other 3% show up
+    chosen = tok.convert_tokens_to_ids(tok.tokenize(" Velora")[0])
+    assert chosen not in HFGenerator(model, tok).stop_ids
+    runs = {}
+    for top_p in (0.95, 1.0):
+        g = HFGenerator(model, tok, top_p=top_p)
+        step = g.step
+
+        def dominated(ids, positions, valid, kv, step=step):
+            logits = step(ids, positions, valid, kv).float()
+            others = torch.cat([logits[:, :chosen], logits[:, chosen + 1:]], -1).logsumexp(-1)
+            logits[:, chosen] = others + math.log(0.97 / 0.03)  # softmax: 0.97 on `chosen`
+            return logits
+
+        g.step = dominated
+        torch.manual_seed(0)
+        runs[top_p] = [t for row in g.generate(contexts_for(tok, 8), 24) for t in row]
+    assert set(runs[0.95]) == {chosen} and len(runs[0.95]) == 8 * 24
+    assert any(t != chosen for t in runs[1.0])
 
 
 def test_the_transformers_forward_step_gives_the_same_turns(tok, model):

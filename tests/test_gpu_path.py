@@ -71,11 +71,12 @@ def test_processes_split_the_prompts_of_a_step_by_whole_prompts(tmp_path):
 
 
 def test_the_paper_presets_split_over_two_and_four_processes(tmp_path):
-    """A4: the presets' mini_batch_size 320 (64 prompts x 5) is global, each process trains on its share."""
+    """A4: the presets' mini_batch_size 256 (of 64 prompts x 5 = 320) is global, each process trains on its
+    share: 128 + 32 of its 160 rollouts on 2 processes, 64 + 16 of 80 on 4."""
     from zerosearch.config import load_config
 
     cfg = load_config(REPO / "configs/paper/grpo-qwen2.5-3b-sft.yaml")
-    for n, local in ((2, 160), (4, 80)):
+    for n, local in ((2, 128), (4, 64)):
         trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, n))
         trainer._check_process_split()
         assert trainer._local_mini_batch() == local and local % cfg.train.micro_batch_size == 0
@@ -94,6 +95,11 @@ def test_rollout_backend_hf_makes_a_generator_per_step_vllm_one_engine_synced_ev
     policy = Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                           num_key_value_heads=1, intermediate_size=32))
     assert isinstance(trainer.generator(policy), HFGenerator)
+    assert trainer.generator(policy).top_p is None  # tiny top_p 1.0: no nucleus filter
+    nucleus = RLTrainer(micro_config(tmp_path, "train.top_p=0.95"), None, ROWS, checkpoint_dir=tmp_path,
+                        accelerator=fake_accelerator(0, 1))
+    nucleus.m = trainer.m
+    assert nucleus.generator(policy).top_p.top_p == 0.95
 
     created, synced = [], []
 
@@ -114,6 +120,7 @@ def test_rollout_backend_hf_makes_a_generator_per_step_vllm_one_engine_synced_ev
     first, second = trainer.generator(policy), trainer.generator(policy)
     assert first is second and len(created) == 1 and synced == [policy, policy]
     assert created[0][1]["gpu_memory_utilization"] == 0.25 and created[0][1]["seed"] == cfg.base.seed + 1
+    assert created[0][1]["top_p"] == cfg.train.top_p == 1.0 and created[0][1]["temperature"] == cfg.train.temperature
     assert (created[0][1]["rank"], created[0][1]["local_rank"], created[0][1]["world_size"]) == (1, 1, 2)
     assert acc.waits == [1]  # every process waits once, after its engine is built
 
@@ -278,11 +285,13 @@ def test_deepspeed_values_for_the_paper_presets():
     from zerosearch.config import load_config
     from zerosearch.rl.launch import deepspeed_values
 
-    t = load_config(REPO / "configs/paper/grpo-qwen2.5-3b-sft.yaml").train  # 320 per mini-batch, micro 16
+    t = load_config(REPO / "configs/paper/grpo-qwen2.5-3b-sft.yaml").train  # 256 per mini-batch, micro 16
+    # a full mini-batch is 128 per process, 8 micro-batches; the remainder (64, 32 per process) is 2: the
+    # engine steps where accelerate marks the boundary (sync_gradients), not after a count
     assert deepspeed_values(t, 2, "bf16") == {
-        "train_micro_batch_size_per_gpu": 16, "gradient_accumulation_steps": 10, "train_batch_size": 320,
+        "train_micro_batch_size_per_gpu": 16, "gradient_accumulation_steps": 8, "train_batch_size": 256,
         "gradient_clipping": 1.0, "bf16": {"enabled": True}, "fp16": {"enabled": False}}
-    assert deepspeed_values(t, 4, "no")["gradient_accumulation_steps"] == 5
+    assert deepspeed_values(t, 4, "no")["gradient_accumulation_steps"] == 4
 
 
 def deepspeed_accelerator(plugin, n: int = 2):
@@ -301,7 +310,7 @@ def test_what_deepspeed_would_get_wrong_is_refused_at_trainer_start(what, tmp_pa
                                                                                            monkeypatch)
     cfg = micro_config(tmp_path, *(["train.algorithm=ppo"] if what == "ppo" else []))
     expected = {"zero3": "ZeRO-3 is not supported.*deepspeed_zero2.yaml",
-                "ppo": "ppo is not supported under DeepSpeed.*grpo or reinforce_pp.*--multi_gpu",
+                "ppo": "ppo is not supported under DeepSpeed.*grpo, reinforce or reinforce_pp.*--multi_gpu",
                 "resume": "--resume is not supported under DeepSpeed"}[what]
     with pytest.raises(ValueError, match=expected):
         trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=deepspeed_accelerator(plugin))

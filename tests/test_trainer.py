@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from tests.conftest import micro_config
 from zerosearch.data.schema import read_qa_parquet
 from zerosearch.rl.checkpoint import latest_checkpoint, list_checkpoints
-from zerosearch.rl.trainer import RLTrainer, token_log_probs
+from zerosearch.rl.trainer import Experience, RLTrainer, token_log_probs
 from zerosearch.search.factory import make_engine
 from zerosearch.stages import train as train_stage
 
@@ -301,3 +301,108 @@ def test_the_config_is_checked_before_the_trainer_state_is_read(micro_world, tmp
     changed = _cfg(micro_world, tmp_path, "train.total_steps=2", "train.lr=0.01")
     with pytest.raises(ValueError, match="the config changed"):
         _trainer(changed, tmp_path / "ckpt").fit(resume=True)
+
+
+def test_vanilla_reinforce_uses_the_raw_scores_and_adds_the_kl_loss(micro_world, tmp_path, monkeypatch):
+    """``reinforce``: every sampled token's advantage is its trajectory's raw score, no critic, and the
+    loss is ``policy_loss - entropy_coef * entropy + kl_coef * kl`` (the KL ADDED: the reference actor
+    subtracts it, which rewards drifting from the reference model)."""
+    cfg = _cfg(micro_world, tmp_path, "train.algorithm=reinforce", "train.entropy_coef=0.01", "train.kl_coef=0.5")
+    trainer = _trainer(cfg, tmp_path / "ckpt")
+    trainer.setup()
+    assert trainer.m.critic is None
+    batch, group = trainer.rollout(0)
+    scores = torch.tensor([0.75, 0.0, 0.25, 1.0])
+    exp = trainer.make_experience(batch, scores, group)
+    assert torch.equal(exp.advantages, scores[:, None] * exp.mask) and torch.equal(exp.returns, exp.advantages)
+    assert exp.ref_log_probs is not None
+    exp.ref_log_probs = exp.ref_log_probs - 0.3  # the policy still equals its reference: move the reference
+    losses = []
+    monkeypatch.setattr(trainer, "_backward", lambda loss: losses.append(float(loss.detach())))
+    trainer.m.policy.train()
+    stats = trainer._micro_step(exp.select(torch.arange(4)), 1.0)
+    assert stats["kl"] > 0
+    assert losses == [pytest.approx(stats["policy_loss"] - 0.01 * stats["entropy"] + 0.5 * stats["kl"], abs=1e-6)]
+
+
+def _synthetic_experience(trainer, rows: int, length: int = 10) -> Experience:
+    """``rows`` random trajectories of ``length`` tokens, the last 4 sampled, random advantages."""
+    gen = torch.Generator().manual_seed(0)
+    vocab = trainer.accelerator.unwrap_model(trainer.m.policy).config.vocab_size
+    ids = torch.randint(0, vocab, (rows, length), generator=gen)
+    mask = torch.zeros(rows, length - 1)
+    mask[:, -4:] = 1.0
+    adv = torch.randn(rows, length - 1, generator=gen) * mask
+    with torch.no_grad():
+        old = token_log_probs(trainer.m.policy, ids, torch.ones_like(ids))[0]
+    return Experience(ids, torch.ones_like(ids), mask, old, None, None, adv, adv.clone())
+
+
+def test_a_mini_batch_size_that_does_not_divide_the_batch_steps_on_the_remainder(micro_world, tmp_path, monkeypatch):
+    """The paper's 64 prompts x 5 = 320 trajectories in mini-batches of 256: two optimizer steps, on 256
+    then 64 (consecutive chunks of one shuffle, every trajectory once), each the token mean of its own
+    tokens (its micro-batch weights sum to 1), gradients synced on each one's last micro-batch."""
+    cfg = _cfg(micro_world, tmp_path, "train.batch_prompts=64", "train.group_size=5", "train.mini_batch_size=256",
+               "train.micro_batch_size=64", "train.kl_coef=0.0")
+    trainer = _trainer(cfg, tmp_path / "ckpt")
+    trainer.setup()
+    exp = _synthetic_experience(trainer, 320)
+    assert not trainer.on_policy(320)  # the second mini-batch runs after a step: behaviour log-probs needed
+    steps, minis, weights = [], [], []
+    trainer.m.optimizer.optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    update_mini, micro_step = trainer._update_mini_batch, trainer._micro_step
+    monkeypatch.setattr(trainer, "_update_mini_batch", lambda e, mini: minis.append(mini) or update_mini(e, mini))
+    monkeypatch.setattr(trainer, "_micro_step", lambda e, w: weights.append((len(e), w)) or micro_step(e, w))
+    calls = _count_backwards(trainer, monkeypatch)
+    trainer.update(exp, step=0)
+    assert len(steps) == 2 and [len(m) for m in minis] == [256, 64]
+    assert sorted(torch.cat(minis).tolist()) == list(range(320))
+    assert [n for n, _ in weights] == [64] * 5
+    assert sum(w for _, w in weights[:4]) == pytest.approx(1.0) and weights[4][1] == pytest.approx(1.0)
+    assert [sync for sync, _ in calls] == [False, False, False, True, True]
+
+    # over 2 processes each trains on 128 + 32 of its 160; 3 processes cannot split 64 prompts
+    from tests.test_gpu_path import fake_accelerator
+
+    rows = read_qa_parquet(cfg.path("data") / "train.parquet")
+    two = RLTrainer(cfg, None, rows, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, 2))
+    two._check_process_split()
+    assert two._local_mini_batch() == 128 and [len(c) for c in torch.arange(160).split(128)] == [128, 32]
+    three = RLTrainer(cfg, None, rows, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, 3))
+    with pytest.raises(ValueError, match=r"batch_prompts \(64\) must be a multiple of the 3 processes"):
+        three._check_process_split()
+
+
+def test_the_tiny_batch_is_still_one_mini_batch(micro_world, tmp_path):
+    """params.yaml's 12 x 5 = 60 in mini-batches of 60: one optimizer step, on-policy (unchanged)."""
+    from zerosearch.config import load_config
+
+    t = load_config(Path(__file__).resolve().parents[1] / "params.yaml").train
+    assert (t.batch_prompts * t.group_size, t.mini_batch_size, t.top_p, t.critic_warmup_ratio) == (60, 60, 1.0, 0.0)
+    assert [len(c) for c in torch.arange(60).split(t.mini_batch_size)] == [60]
+
+
+def test_ppo_critic_lr_warms_up_linearly_and_resumes(micro_world, tmp_path):
+    """train.critic_warmup_ratio 0.5 of 4 steps: the critic's LR is (k + 1) / 2 of critic_lr at step k,
+    then critic_lr (both optimizer steps of a training step, 2 mini-batches of 2); the policy's follows
+    warmup_ratio (0.25: 1 step) on its own; resume restores the critic's schedule."""
+    cfg = _cfg(micro_world, tmp_path, "train.algorithm=ppo", "train.critic_warmup_ratio=0.5", "train.critic_lr=0.002")
+    trainer = _trainer(cfg, tmp_path / "ckpt")
+    trainer.setup()
+    for opt in (trainer.m.optimizer, trainer.m.critic_optimizer):  # the reference's AdamW settings
+        group = opt.param_groups[0]
+        assert (type(opt.optimizer), group["weight_decay"], group["betas"]) == (torch.optim.AdamW, 0.01, (0.9, 0.999))
+    seen = []
+    trainer.m.critic_optimizer.optimizer.register_step_pre_hook(
+        lambda opt, *_: seen.append(opt.param_groups[0]["lr"]))
+    history = [trainer.train_step(k) for k in range(2)]
+    assert seen == [pytest.approx(0.001)] * 2 + [pytest.approx(0.002)] * 2  # 1/2 then 2/2 of critic_lr
+    assert [h["critic_lr"] for h in history] == [pytest.approx(0.002), pytest.approx(0.002)]  # after the LR step
+    assert [h["lr"] for h in history] == [pytest.approx(1e-3), pytest.approx(1e-3)]
+    trainer.save(2)
+    resumed = _trainer(cfg, tmp_path / "ckpt")
+    assert resumed.setup(resume=True) == 2 and resumed.m.critic_scheduler.last_epoch == 2
+    # without critic warmup (params.yaml's 0.0) the critic steps at critic_lr from the first step
+    flat = _trainer(_cfg(micro_world, tmp_path, "train.algorithm=ppo", "train.critic_lr=0.002"), tmp_path / "flat")
+    flat.setup()
+    assert flat.m.critic_optimizer.param_groups[0]["lr"] == 0.002

@@ -228,6 +228,10 @@ def test_create_builds_an_in_process_engine_on_this_rank(tok, fake_vllm, monkeyp
                               "tensor_parallel_size": 1, "distributed_executor_backend": "external_launcher",
                               "max_num_batched_tokens": 4096}
     assert gen.llm.rank == (3, 1, 4) and gen.llm.rendezvous == "10.0.0.1:29500"
+    assert gen.sampling_params(8).top_p == 1.0  # the default: no nucleus filter
+    nucleus = VLLMGenerator.create("/models/policy", tok, gpu_memory_utilization=0.3, temperature=1.0, seed=7,
+                                   top_p=0.95)
+    assert nucleus.sampling_params(8).top_p == 0.95 and nucleus.sampling_params(8).temperature == 1.0
     policy = _policy(tok)
     assert gen.sync_weights(policy) == len(policy.state_dict()) and gen.llm.resets == 1
 

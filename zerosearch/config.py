@@ -233,16 +233,18 @@ class SimulatorSftSection(_Section):
 
 
 class TrainSection(_Section):
-    algorithm: Literal["grpo", "ppo", "reinforce_pp"]
+    algorithm: Literal["grpo", "ppo", "reinforce", "reinforce_pp"]
     engine: Literal["bm25", "simulated", "hybrid"]
     reward: Literal["f1", "em"]
     total_steps: PositiveInt
     lr: PositiveFloat
     warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)]
     critic_lr: PositiveFloat
+    critic_warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)]
     batch_prompts: PositiveInt
     group_size: PositiveInt
     temperature: PositiveFloat
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)]
     kl_coef: Annotated[float, Field(ge=0.0)]
     kl_estimator: Literal["k1", "k2", "k3"]
     clip_ratio: Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -269,10 +271,8 @@ class TrainSection(_Section):
 
     @model_validator(mode="after")
     def _batches_divide(self) -> TrainSection:
-        rollouts = self.batch_prompts * self.group_size
-        if rollouts % self.mini_batch_size:
-            raise ValueError(f"mini_batch_size ({self.mini_batch_size}) must divide batch_prompts * group_size "
-                             f"({rollouts})")
+        # mini_batch_size need not divide batch_prompts * group_size: the step's rollouts are cut into
+        # consecutive mini-batches, the last one smaller (the reference's 320 = 256 + 64).
         if self.mini_batch_size % self.micro_batch_size:
             raise ValueError(f"micro_batch_size ({self.micro_batch_size}) must divide mini_batch_size "
                              f"({self.mini_batch_size})")

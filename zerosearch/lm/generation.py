@@ -68,6 +68,7 @@ class HFGenerator:
                  reuse_cache: bool = True, dtype: torch.dtype | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.do_sample, self.temperature, self.reuse_cache = do_sample, temperature, reuse_cache
+        # nucleus sampling (the paper's 0.95); at 1.0 no warper, so sampling is the plain softmax draw
         self.top_p = TopPLogitsWarper(top_p) if do_sample and top_p < 1.0 else None
         self.stop_ids, self.stop_strings = stop_markers(tokenizer)
         self._can_end_stop: dict[int, bool] = {}  # token id -> its text holds a stop string's last character

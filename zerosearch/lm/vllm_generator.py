@@ -63,7 +63,7 @@ class VLLMGenerator:
 
     @classmethod
     def create(cls, model_path: str, tokenizer, *, gpu_memory_utilization: float, temperature: float,
-               seed: int, rank: int = 0, local_rank: int = 0, world_size: int = 1, dtype: str = "bfloat16",
+               seed: int, top_p: float = 1.0, rank: int = 0, local_rank: int = 0, world_size: int = 1, dtype: str = "bfloat16",
                max_model_len: int | None = None) -> VLLMGenerator:
         """An engine in this process for the policy at ``model_path``, sharing this process's GPU
         (``local_rank``) with training; ``rank`` of ``world_size`` training processes. The caller
@@ -72,7 +72,7 @@ class VLLMGenerator:
         os.environ.update(launcher_environment(rank, local_rank, world_size))
         llm = vllm.LLM(**engine_arguments(model_path, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
                                           dtype=dtype, max_model_len=max_model_len))
-        return cls(llm, tokenizer, temperature=temperature, seed=seed, dtype=dtype)
+        return cls(llm, tokenizer, temperature=temperature, top_p=top_p, seed=seed, dtype=dtype)
 
     def sampling_params(self, max_new_tokens: int):
         return self.vllm.SamplingParams(

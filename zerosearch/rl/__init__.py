@@ -18,6 +18,7 @@ from zerosearch.rl.algorithms import (
     policy_loss,
     register_advantage,
     register_kl,
+    reinforce_advantage,
     reinforce_pp_advantage,
     value_loss,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "policy_loss",
     "register_advantage",
     "register_kl",
+    "reinforce_advantage",
     "reinforce_pp_advantage",
     "value_loss",
 ]

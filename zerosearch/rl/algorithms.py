@@ -7,9 +7,10 @@ Every loss is aggregated through :func:`aggregate`, so mask-0 tokens get exactly
 gradient; every advantage estimator zeroes its output where the mask is 0.
 
 Registries (one lookup by name, an unknown name raises ``ValueError`` listing known ones):
-``ADVANTAGES`` (``grpo``, ``gae``, ``reinforce_pp``), ``KL_ESTIMATORS`` (``k1``, ``k2``,
-``k3`` alias ``low_var_kl``), the aggregation modes of :func:`aggregate`, and ``ALGORITHMS``
-(``grpo``, ``ppo``, ``reinforce_pp``: which advantage, KL in the loss or the reward, critic or not).
+``ADVANTAGES`` (``grpo``, ``gae``, ``reinforce``, ``reinforce_pp``), ``KL_ESTIMATORS`` (``k1``,
+``k2``, ``k3`` alias ``low_var_kl``), the aggregation modes of :func:`aggregate`, and ``ALGORITHMS``
+(``grpo``, ``ppo``, ``reinforce``, ``reinforce_pp``: which advantage, KL in the loss or the reward,
+critic or not).
 
 Departures from the papers / the reference implementation (Search-R1's old veRL):
 
@@ -30,6 +31,9 @@ Departures from the papers / the reference implementation (Search-R1's old veRL)
   the result instead), so it stays finite and keeps its gradient in the clamped range.
 - REINFORCE++ (Hu 2025) puts the per-token KL penalty in the reward; GRPO ignores ``kl``
   (its KL goes into the loss through ``KL_ESTIMATORS``).
+- ``reinforce`` is the paper's REINFORCE (the reference's ``adv_estimator=reinforce``): the raw
+  outcome score is the advantage of every response token, with no baseline, no whitening and
+  no discounting; its KL, like GRPO's, is a loss term. It is not REINFORCE++.
 """
 
 from __future__ import annotations
@@ -305,6 +309,30 @@ def gae_advantage(scores: Tensor, response_mask: Tensor, *,
     return masked_whiten(raw, mask), returns
 
 
+@register_advantage("reinforce")
+def reinforce_advantage(scores: Tensor, response_mask: Tensor, *,
+                        group_ids: Tensor | Sequence[Hashable] | None = None,
+                        values: Tensor | None = None, kl: Tensor | None = None, gamma: float = 1.0,
+                        lam: float = 1.0, kl_coef: float = 0.0, norm_by_std: bool = True,
+                        eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """Vanilla REINFORCE (Williams 1992) as the ZeroSearch paper runs it: the raw outcome score
+    as the advantage of every token the policy sampled; no baseline, no whitening, no critic.
+
+    Args:
+        scores: ``(B,)`` outcome reward (F1 in the paper).
+        response_mask: ``(B, T)`` binary, 1 on policy-sampled tokens.
+        group_ids, values, kl, gamma, lam, kl_coef, norm_by_std, eps: ignored (the KL goes
+            into the loss; with an outcome-only reward and ``gamma = 1`` the reward-to-go of
+            every token is the score itself).
+
+    Returns:
+        ``(advantages, returns)``, both ``(B, T)``, equal: ``scores[b]`` on every mask-1 token
+        of row ``b``, 0 elsewhere.
+    """
+    adv = torch.where(response_mask.bool(), scores.float()[:, None], 0.0)
+    return adv, adv.clone()
+
+
 @register_advantage("reinforce_pp")
 def reinforce_pp_advantage(scores: Tensor, response_mask: Tensor, *,
                            group_ids: Tensor | Sequence[Hashable] | None = None,
@@ -548,5 +576,6 @@ class AlgorithmSpec:
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     "grpo": AlgorithmSpec(advantage="grpo", kl_in_reward=False, critic=False),
     "ppo": AlgorithmSpec(advantage="gae", kl_in_reward=True, critic=True),
+    "reinforce": AlgorithmSpec(advantage="reinforce", kl_in_reward=False, critic=False),
     "reinforce_pp": AlgorithmSpec(advantage="reinforce_pp", kl_in_reward=True, critic=False),
 }

@@ -112,8 +112,8 @@ ZERO3_REFUSED = (
 PPO_REFUSED = (
     "train.algorithm: ppo is not supported under DeepSpeed: one Accelerator drives one DeepSpeed engine, "
     "so the critic's backward and step would go through the policy's engine (the critic never steps, the "
-    "policy takes extra momentum steps, and ZeRO-2 asserts 'Gradient computed twice'). Use grpo or "
-    "reinforce_pp under DeepSpeed, or run PPO data parallel without it: "
+    "policy takes extra momentum steps, and ZeRO-2 asserts 'Gradient computed twice'). Use grpo, "
+    "reinforce or reinforce_pp under DeepSpeed, or run PPO data parallel without it: "
     "accelerate launch --multi_gpu --num_processes N -m zerosearch.cli train ...")
 RESUME_REFUSED = (
     "--resume is not supported under DeepSpeed: the optimizer state would be one process's ZeRO partition "

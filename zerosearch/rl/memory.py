@@ -10,7 +10,7 @@
   sharded): fp32 weights ``4P``, fp32 gradients ``4P``, Adam ``8P``;
 - **LoRA**: the base is frozen (its weights only: ``2P``, or ``4P`` in fp32 without
   DeepSpeed) and the ``lora_params`` trainable ones carry the states above;
-- **reference model** (GRPO/REINFORCE++ with ``kl_coef > 0`` and no LoRA; with LoRA it is the
+- **reference model** (any algorithm with ``kl_coef > 0`` and no LoRA; with LoRA it is the
   policy with adapters disabled): its weights, ``2P`` (``4P`` without DeepSpeed);
 - **critic** (PPO): a full trainable copy, the policy's terms again;
 - **vLLM** (``rollout_backend: vllm``): ``vllm_fraction x gpu_gb``, which holds the engine's own

@@ -1,4 +1,4 @@
-"""The RL trainer: GRPO, PPO and REINFORCE++ over multi-turn search rollouts.
+"""The RL trainer: GRPO, PPO, REINFORCE and REINFORCE++ over multi-turn search rollouts.
 
 One training step:
 
@@ -9,11 +9,13 @@ One training step:
 3. compute, without gradients, the behaviour log-probs, the reference log-probs (for the KL
    term) and, for PPO, the critic's values; then advantages and returns by the algorithm's
    estimator (``zerosearch.rl.algorithms``);
-4. ``ppo_epochs`` passes over shuffled mini-batches of ``mini_batch_size`` trajectories,
-   each accumulated over micro-batches: clipped policy loss (+ KL loss for GRPO, - entropy
-   bonus), clipped value loss for the critic, gradient clipping, one optimizer step per
-   mini-batch; the learning rate warms up linearly, then stays constant (one LR step per
-   training step).
+4. ``ppo_epochs`` passes over the shuffled rollouts cut into consecutive mini-batches of
+   ``mini_batch_size`` trajectories (the last one smaller when it does not divide the step's
+   rollouts: the reference's 320 = 256 + 64, two optimizer steps), each accumulated over
+   micro-batches: clipped policy loss (+ KL loss for GRPO and REINFORCE, - entropy bonus),
+   clipped value loss for the critic, gradient clipping, one optimizer step per mini-batch;
+   the policy's learning rate (``warmup_ratio``) and the critic's (``critic_warmup_ratio``)
+   warm up linearly, then stay constant (one LR step per training step).
 
 Only tokens the policy sampled enter any loss (the rollout's loss mask): retrieved
 documents and corrective messages are state, not actions.
@@ -22,8 +24,19 @@ Departures from the reference (Search-R1 / ZeroSearch on veRL):
 
 - Losses are token-means over a whole mini-batch (micro-batch losses are weighted by their
   share of the mini-batch's tokens over all processes), so neither gradient accumulation nor
-  the process count changes the loss a mini-batch defines.
-- The LR schedule advances once per training step, not once per mini-batch.
+  the process count changes the loss a mini-batch defines. A smaller last mini-batch is the
+  token mean of its own tokens (veRL divides every micro-batch's mean by the full
+  mini-batch's micro-batch count, so its 64-trajectory remainder steps with a quarter of its
+  mean's gradient).
+- The KL loss is added to the policy loss (the reference actor subtracts it: see
+  ``_micro_step``).
+- The LR schedule advances once per training step, not once per mini-batch. Warmup step
+  ``k`` (from 0) runs at ``(k + 1) / ceil(ratio * total_steps)`` of the LR; veRL's at
+  ``k / int(ratio * total_steps)``, its first step at LR 0. For a non-integer
+  ``ratio * total_steps`` both reach the full LR at step ``int(ratio * total_steps)`` (203
+  steps: ours over 193 / 58 / 4 steps for 0.95 / 0.285 / 0.015, veRL's over 192 / 57 / 3).
+- Mini-batches are drawn from a seeded shuffle of the step's rollouts (veRL's actor:
+  ``shuffle: False``, consecutive rows, whole groups together).
 - PPO's critic is ``AutoModelForTokenClassification`` (one label) initialised from the
   policy's weights with a fresh head, a separate model as in veRL.
 - With LoRA the reference model is the policy with its adapters disabled (no second copy).
@@ -185,6 +198,7 @@ class Models:
     critic: Any | None = None
     critic_optimizer: torch.optim.Optimizer | None = None
     lora: bool = False
+    critic_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # the critic's LR warmup (PPO)
 
 
 class RLTrainer:
@@ -239,6 +253,7 @@ class RLTrainer:
             self.m.scheduler.load_state_dict(trainer_state["scheduler"])
             if self.m.critic_optimizer is not None:
                 self.m.critic_optimizer.load_state_dict(trainer_state["critic_optimizer"])
+                self.m.critic_scheduler.load_state_dict(trainer_state["critic_scheduler"])
             set_rng_state(trainer_state["rng"])
             self.history = state["history"]
             self.start_step = state["step"]
@@ -246,7 +261,11 @@ class RLTrainer:
 
     def _check_process_split(self) -> None:
         """Each of N processes trains on batch_prompts / N prompts and mini_batch_size / N of
-        each mini-batch (both are numbers for all processes together): they must divide."""
+        each mini-batch (both are numbers for all processes together): they must divide. Then a
+        smaller last mini-batch (``batch_prompts * group_size`` not a multiple of
+        ``mini_batch_size``) splits too: each process's remainder is ``1 / N`` of it, the same
+        size on every process, so all run the same micro-batches (under DeepSpeed the last one
+        of each mini-batch is the accumulation boundary, whatever their count)."""
         n, t = self.accelerator.num_processes, self.t
         if n == 1:
             return
@@ -284,10 +303,12 @@ class RLTrainer:
         optimizer = torch.optim.AdamW(trainable, lr=t.lr, betas=(0.9, 0.999), weight_decay=0.01)
         warmup = math.ceil(t.warmup_ratio * t.total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, constant_with_warmup(warmup))
-        critic = critic_optimizer = None
+        critic = critic_optimizer = critic_scheduler = None
         if self.spec.critic:
             critic = self._load_critic(ckpt, dtype)
             critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=t.critic_lr, weight_decay=0.01)
+            critic_warmup = math.ceil(t.critic_warmup_ratio * t.total_steps)  # 0: the constant critic_lr
+            critic_scheduler = torch.optim.lr_scheduler.LambdaLR(critic_optimizer, constant_with_warmup(critic_warmup))
         acc = self.accelerator
         plugin = self._deepspeed_plugin()
         if plugin is not None:  # integers before prepare: "auto" needs a dataloader there (accelerate raises)
@@ -301,7 +322,8 @@ class RLTrainer:
             reference = acc.prepare_model(reference, evaluation_mode=True)
         if critic is not None:
             critic, critic_optimizer = acc.prepare(critic, critic_optimizer)
-        return Models(policy, tokenizer, optimizer, scheduler, reference, critic, critic_optimizer, t.lora.enabled)
+        return Models(policy, tokenizer, optimizer, scheduler, reference, critic, critic_optimizer, t.lora.enabled,
+                      critic_scheduler)
 
     def _deepspeed_plugin(self):
         """The DeepSpeed plugin of an ``accelerate launch`` with a DeepSpeed config, else None."""
@@ -375,14 +397,16 @@ class RLTrainer:
         """The rollout generator over ``policy``'s current weights (``train.rollout_backend``)."""
         t = self.t
         if t.rollout_backend == "hf":
-            return HFGenerator(policy, self.m.tokenizer, temperature=t.temperature, dtype=self._compute_dtype())
+            return HFGenerator(policy, self.m.tokenizer, temperature=t.temperature, top_p=t.top_p,
+                               dtype=self._compute_dtype())
         if self._vllm is None:
             from zerosearch.lm.vllm_generator import VLLMGenerator
 
             acc = self.accelerator
             self._vllm = VLLMGenerator.create(
                 self.cfg.base.policy_model, self.m.tokenizer, gpu_memory_utilization=t.vllm_gpu_memory_utilization,
-                temperature=t.temperature, seed=self.cfg.base.seed + acc.process_index, rank=acc.process_index,
+                temperature=t.temperature, top_p=t.top_p, seed=self.cfg.base.seed + acc.process_index,
+                rank=acc.process_index,
                 local_rank=acc.local_process_index, world_size=acc.num_processes, max_model_len=t.max_prompt_tokens)
             acc.wait_for_everyone()  # engines are built at different speeds; TRL syncs here too
         self._vllm.sync_weights(policy)  # the engine samples from the weights being trained
@@ -405,6 +429,8 @@ class RLTrainer:
         exp = self.make_experience(batch, scores, group)
         update = self.update(exp, step)
         self.m.scheduler.step()
+        if self.m.critic_scheduler is not None:
+            self.m.critic_scheduler.step()
         times = {"step_seconds": time.perf_counter() - t0, "rollout_seconds": t_rollout}
         return self.step_metrics(batch, scores, exp, update, times)
 
@@ -424,9 +450,13 @@ class RLTrainer:
         return {
             "reward_mean": float(scores.mean()), "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
             "em": sum(em) / len(em), **self._reduce(stats, "mean"), **self._reduce(counts, "sum"),
-            **self._reduce(update, "sum"), **norms, "lr": self.m.scheduler.get_last_lr()[0], **times,
+            **self._reduce(update, "sum"), **norms, "lr": self.m.scheduler.get_last_lr()[0], **self._critic_lr(), **times,
             "tokens_per_s": sampled / max(times["step_seconds"], 1e-9),
         }
+
+    def _critic_lr(self) -> dict[str, float]:
+        scheduler = self.m.critic_scheduler
+        return {"critic_lr": scheduler.get_last_lr()[0]} if scheduler is not None else {}
 
     def _gather(self, values: Tensor) -> Tensor:
         """``values`` of every process, concatenated in process order (``(n,)`` -> ``(N * n,)``)."""
@@ -505,6 +535,7 @@ class RLTrainer:
         if m.critic is not None:
             m.critic.train()
         for _ in range(t.ppo_epochs):
+            # consecutive chunks of one shuffle; the last is smaller when the size does not divide
             for mini in torch.randperm(len(exp), generator=gen).split(self._local_mini_batch()):
                 stats = self._update_mini_batch(exp, mini)
                 updates += 1
@@ -594,6 +625,9 @@ class RLTrainer:
         if e.ref_log_probs is not None:
             kl = aggregate(get_kl(t.kl_estimator)(log_probs, e.ref_log_probs), e.mask)
             if not self.spec.kl_in_reward:
+                # ADDED, so the update pulls the policy towards the reference. The reference actor
+                # (veRL's dp_actor, use_kl_loss) subtracts kl_loss_coef * kl_loss instead, which
+                # rewards drifting away from it; we keep this fix (docs: FIDELITY).
                 loss = loss + t.kl_coef * kl
             stats["kl"] = kl.item()
         self._backward(loss * weight)
@@ -627,6 +661,7 @@ class RLTrainer:
         state = {"optimizer": None if deepspeed else m.optimizer.state_dict(), "scheduler": m.scheduler.state_dict()}
         if m.critic_optimizer is not None:
             state["critic_optimizer"] = m.critic_optimizer.state_dict()
+            state["critic_scheduler"] = m.critic_scheduler.state_dict()
         return state
 
     def final_policy(self):
