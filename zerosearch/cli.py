@@ -103,7 +103,6 @@ def train(
     """Train stage: RL (GRPO/PPO/REINFORCE++) against the simulated (or real) engine; writes models/policy."""
     _config(params, set)
     from flows.train import train_flow
-
     from zerosearch.search.probe import SimulatorProbeError
 
     try:

@@ -81,11 +81,11 @@ def probe_simulator(cfg: Config, url: str | list[str], rows: list[dict], tracker
 
 @contextlib.contextmanager
 def shared_engine(cfg: Config, accelerator, *, log_path: Path, rows: list[dict] | None = None,
-                  tracker: Tracker = NullTracker()) -> Iterator[SearchEngine]:
+                  tracker: Tracker | None = None) -> Iterator[SearchEngine]:
     """``train.engine`` for this process, one simulator server for the whole run: under several
     processes only the main one serves it (or health-checks ``simulator.url``) and probes it
-    (``probe_simulator`` on ``rows``); the others wait until it answers and get its URL by
-    broadcast. It stops once every process is done."""
+    (``probe_simulator`` on the training questions ``rows``; None: no probe); the others wait
+    until it answers and get its URL by broadcast. It stops once every process is done."""
     name, steps = cfg.train.engine, cfg.train.total_steps
     if not needs_simulator(name):
         with open_engine(cfg, name, total_steps=steps, log_path=log_path) as engine:
@@ -93,7 +93,8 @@ def shared_engine(cfg: Config, accelerator, *, log_path: Path, rows: list[dict] 
         return
     if accelerator.num_processes == 1:
         with simulator_urls(cfg, log_path=log_path) as url:
-            probe_simulator(cfg, url, rows or [], tracker)
+            if rows is not None:
+                probe_simulator(cfg, url, rows, tracker or NullTracker())
             yield make_engine(cfg, name, simulator_url=url, total_steps=steps)
         return
     from accelerate.utils import broadcast_object_list
@@ -103,7 +104,8 @@ def shared_engine(cfg: Config, accelerator, *, log_path: Path, rows: list[dict] 
         if accelerator.is_main_process:
             try:
                 url = stack.enter_context(simulator_urls(cfg, log_path=log_path))
-                probe_simulator(cfg, url, rows or [], tracker)
+                if rows is not None:
+                    probe_simulator(cfg, url, rows, tracker or NullTracker())
                 found[0] = {"url": url}
             except Exception as err:  # the others are waiting for a URL: tell them, then fail
                 broadcast_object_list([{"error": f"{type(err).__name__}: {err}"}])
