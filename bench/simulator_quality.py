@@ -49,7 +49,7 @@ def main() -> None:
     completer = LocalCompleter(model, tok, batch_size=32)
 
     def engine(p: float) -> SimulatedEngine:  # p = noise probability at every step
-        return SimulatedEngine(completer, mode="sft", top_k=cfg.search.top_k, max_tokens=cfg.simulator.max_tokens,
+        return SimulatedEngine(completer, top_k=cfg.search.top_k, max_tokens=cfg.simulator.max_tokens,
                                temperature=cfg.simulator.temperature, p_start=p, p_end=p, total_steps=1)
 
     t0 = time.perf_counter()

@@ -26,10 +26,12 @@ def test_make_engine_by_name(tmp_path):
 
 
 def test_prompt_mode_uses_chat_and_paper_presets_serve_the_released_simulator(tmp_path):
-    cfg = micro_config(tmp_path, "simulator.mode=prompt", "simulator_sft.enabled=false",
+    cfg = micro_config(tmp_path, "simulator.prompt=zerosearch-prompt", "simulator.api=chat",
+                       "simulator.system_message=''", "simulator_sft.enabled=false",
                        "base.simulator_model=Qwen/Qwen2.5-14B-Instruct")
     sim = make_engine(cfg, "simulated", simulator_url="http://127.0.0.1:9/v1")
     assert sim.completer.api == "chat" and sim.completer.model == "Qwen/Qwen2.5-14B-Instruct"
+    assert sim.completer.system_message == "" and sim.template.name == "zerosearch-prompt"
     spec = server_spec(micro_config(tmp_path, "simulator.backend=sglang", "simulator.tp=2", "simulator.dp=2",
                                     "simulator.server_args=[--mem-fraction-static, '0.8']",
                                     "simulator.cuda_visible_devices=0,1"))

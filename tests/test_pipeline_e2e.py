@@ -29,7 +29,10 @@ def run(cmd, cwd, env):
 SHORT = {("tiny_models", "policy_pretrain", "steps"): 300, ("tiny_models", "n_demos"): 600,
          ("simulator_sft", "n_questions"): 200, ("simulator_sft", "demo_world_searches"): 200,
          ("simulator_sft", "train", "steps"): 60, ("train", "total_steps"): 3, ("train", "save_every"): 2,
-         ("eval", "max_samples"): 20}
+         ("eval", "max_samples"): 20,
+         # a simulator fine-tuned for 60 steps has no reliable useful/noisy switch yet; the probe
+         # hook has its own fast tests (tests/test_probe.py)
+         ("simulator", "probe", "enabled"): False}
 
 
 def _shorten_training(params: Path) -> None:

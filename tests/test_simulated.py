@@ -1,6 +1,7 @@
 import pytest
 
-from zerosearch.search.simulated import SimulatedEngine, chat_prompt, sft_prompt
+from zerosearch.search.simulated import SimulatedEngine, sft_prompt
+from zerosearch.search.templates import named_template
 
 
 class FakeCompleter:
@@ -64,9 +65,10 @@ def test_prompts_carry_query_question_and_answer():
     p = sft_prompt("velora country", "Where is Velora?", "Zandoria", noisy=False)
     assert "Query: velora country" in p and "Answer: Zandoria" in p and p.endswith("Documents (useful):\n")
     assert sft_prompt("q", "Q", "A", noisy=True).endswith("Documents (noisy):\n")
-    c = chat_prompt("velora country", "Where is Velora?", "Zandoria", noisy=True, k=5)
+    ours_prompt = named_template("ours-prompt")
+    c = ours_prompt.render("velora country", "Where is Velora?", "Zandoria", noisy=True, k=5)
     assert "do NOT contain the answer \"Zandoria\"" in c and "Doc 5" in c and c.endswith("Noisy documents:")
-    engine = SimulatedEngine(FakeCompleter(), mode="prompt", top_k=5)
-    assert engine.prompt("q", "Q", ["A"], noisy=False) == chat_prompt("q", "Q", "A", False, 5)
+    engine = SimulatedEngine(FakeCompleter(), template=ours_prompt, top_k=5)
+    assert engine.prompt("q", "Q", ["A"], noisy=False) == ours_prompt.render("q", "Q", "A", False, 5)
     with pytest.raises(ValueError, match="needs the original questions"):
         engine.search(["q"])

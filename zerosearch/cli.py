@@ -25,7 +25,7 @@ from zerosearch.config import Config, ConfigError, load_config
 app = typer.Typer(
     help="ZeroSearch: train a search agent against a simulated search engine.\n\n"
     "Stages: data -> base -> simulator_sft -> train -> evaluate (aliases: sft, eval); `dvc repro` runs them all; `zerosearch ask` queries the agent. "
-    "`zerosearch serve` serves the simulator. `zerosearch experiment` runs a DVC experiment, `zerosearch deploy` "
+    "`zerosearch serve` serves the simulator, `zerosearch simulator probe` checks its useful/noisy switch. `zerosearch experiment` runs a DVC experiment, `zerosearch deploy` "
     "schedules them, `zerosearch ui` starts the MLflow UI.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -41,8 +41,10 @@ def _every_command() -> None:
 
 config_app = typer.Typer(help="Validate and show params files.", no_args_is_help=True)
 world_app = typer.Typer(help="Peek at the generated tiny world.", no_args_is_help=True)
+simulator_app = typer.Typer(help="Check the simulator LLM (served for the command, per params).", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(world_app, name="world")
+app.add_typer(simulator_app, name="simulator")
 console = Console()
 err = Console(stderr=True)
 
@@ -110,9 +112,13 @@ def train(
     """Train stage: RL (GRPO/PPO/REINFORCE++) against the simulated (or real) engine; writes models/policy."""
     _config(params, set)
     from flows.train import train_flow
+    from zerosearch.search.probe import SimulatorProbeError
 
     try:
         _print_stats("train stage", train_flow(str(params), set or [], resume=resume))
+    except SimulatorProbeError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(1) from None
     except ValueError as e:
         if "cannot resume" not in str(e):
             raise
@@ -215,6 +221,50 @@ def serve(
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("stopped")
+
+
+@simulator_app.command("probe")
+def simulator_probe(
+    params: ParamsOpt = Path("params.yaml"),
+    set: SetOpt = None,
+    n: Annotated[int | None, typer.Option("--n", help="Training questions to probe. Default: "
+                                          "simulator.probe.n_questions.")] = None,
+) -> None:
+    """Ask the simulator for useful and for noisy documents on training questions (each question
+    is its own query) and compare how often the outputs hold a gold answer; exit 1 when useful
+    minus noisy is below simulator.probe.min_gap (the check the train stage runs first)."""
+    cfg = _config(params, set)
+    from zerosearch.data.schema import read_qa_parquet
+    from zerosearch.search.client import SimulatorUnavailableError
+    from zerosearch.search.factory import simulator_urls
+    from zerosearch.search.probe import probe_from_config
+    from zerosearch.search.templates import TemplateError
+    from zerosearch.serving import ServerStartError
+
+    train_file = cfg.path("data") / "train.parquet"
+    if not train_file.exists():
+        err.print(f"[red]error:[/red] no training questions at {train_file}: run `zerosearch data` first")
+        raise typer.Exit(2)
+    rows = read_qa_parquet(train_file)
+    try:
+        with simulator_urls(cfg) as url:
+            result = probe_from_config(cfg, url, rows, n_questions=n)
+    except (ServerStartError, SimulatorUnavailableError, TemplateError) as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    table = Table(title=f"simulator probe: {result.model}, template {result.template}")
+    for col in ("asked for", "outputs holding a gold answer"):
+        table.add_column(col)
+    table.add_row("useful", f"{result.useful_contains_gold_rate:.1%}")
+    table.add_row("noisy", f"{result.noisy_contains_gold_rate:.1%}")
+    table.add_row("gap (useful - noisy)", f"{result.gap:+.3f} (min_gap {result.min_gap})")
+    table.add_row("malformed outputs", f"{result.malformed_rate:.1%}")
+    console.print(table)
+    console.print(f"{result.n_questions} training questions, 2 requests each")
+    if not result.passed:
+        err.print(f"[red]error:[/red] {result.failure_message()}", highlight=False)
+        raise typer.Exit(1)
+    console.print("[green]ok[/green]: the useful/noisy switch works")
 
 
 @app.command()

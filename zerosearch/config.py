@@ -189,8 +189,17 @@ class CurriculumSection(_Section):
         return self
 
 
+class SimulatorProbeSection(_Section):
+    enabled: bool
+    n_questions: PositiveInt
+    min_gap: Annotated[float, Field(ge=0.0, le=1.0)]
+
+
 class SimulatorSection(_Section):
-    mode: Literal["sft", "prompt"]
+    prompt: Literal["ours-sft", "ours-prompt", "zerosearch-sft", "zerosearch-prompt"]
+    prompt_template_file: str | None
+    api: Literal["completions", "chat"]
+    system_message: str | None
     backend: Literal["transformers", "sglang", "vllm", "url"]
     url: str | Annotated[list[str], Field(min_length=1)] | None
     tp: PositiveInt
@@ -206,7 +215,16 @@ class SimulatorSection(_Section):
     hybrid_real_fraction: Probability
     max_tokens: PositiveInt
     temperature: Annotated[float, Field(ge=0.0)]
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None
     curriculum: CurriculumSection
+    probe: SimulatorProbeSection
+
+    @model_validator(mode="after")
+    def _system_message_needs_chat(self) -> SimulatorSection:
+        if self.api == "completions" and self.system_message is not None:
+            raise ValueError("system_message must be null with api: completions (a raw completion has no "
+                             "messages); use api: chat to send one")
+        return self
 
     @field_validator("cuda_visible_devices", mode="before")
     @classmethod
@@ -317,6 +335,19 @@ class Config(_Section):
     train: TrainSection
     eval: EvalSection
     orchestration: OrchestrationSection
+
+    @model_validator(mode="after")
+    def _sft_stage_trains_on_the_served_template(self) -> Config:
+        """The simulator SFT stage fine-tunes on ``ours-sft`` raw completions: serving the result
+        with another input format would ask it in a format it never saw."""
+        sim = self.simulator
+        if self.simulator_sft.enabled and (sim.prompt != "ours-sft" or sim.prompt_template_file is not None
+                                           or sim.api != "completions"):
+            raise ValueError("simulator_sft.enabled fine-tunes the simulator on the ours-sft completion prompt: "
+                             "set simulator.prompt=ours-sft, simulator.prompt_template_file=null and "
+                             "simulator.api=completions, or simulator_sft.enabled=false to serve "
+                             "base.simulator_model with another template")
+        return self
 
     def path(self, name: str) -> Path:
         """A path from ``base.paths`` (``data``, ``models``, ``metrics``)."""

@@ -144,5 +144,5 @@ def resolve_preset(preset: str | Path, repo: str | Path = ".") -> Path:
         if candidate.is_file():
             return candidate
     names = sorted(str(p.relative_to(repo / "configs").with_suffix(""))
-                   for p in (repo / "configs").rglob("*.yaml") if not {"accelerate", "systemd"} & set(p.parts))
+                   for p in (repo / "configs").rglob("*.yaml") if not {"accelerate", "systemd", "prompts"} & set(p.parts))
     raise ConfigError(f"unknown preset {preset!r}: give params.yaml, a path, or one of {names}")

@@ -40,7 +40,8 @@ class SimulatorClient:
     ``base_urls``: ``http://host:port/v1`` or a list of them; requests are spread over them
     round-robin, and a failed attempt moves on to the next URL. ``api``: ``"completions"``
     posts raw prompts to ``/completions``; ``"chat"`` sends each prompt as one user message
-    to ``/chat/completions``. ``max_retries``: extra attempts per prompt after the first,
+    to ``/chat/completions``, after a system message ``system_message`` unless it is None
+    (the reference sends an empty one, ``""``; completions take none). ``max_retries``: extra attempts per prompt after the first,
     spaced ``backoff * 2**attempt`` seconds (plus jitter). ``cache_dir``: optional on-disk
     cache of completions keyed by model, api, prompt and sampling parameters. Proxy
     environment variables are ignored (the servers are expected to be directly reachable).
@@ -49,18 +50,22 @@ class SimulatorClient:
     def __init__(self, base_urls: str | list[str], model: str, *,
                  api: Literal["completions", "chat"] = "completions", timeout: float = 60.0,
                  max_retries: int = 3, backoff: float = 0.5, concurrency: int = 8,
-                 cache_dir: str | Path | None = None, api_key: str = "EMPTY") -> None:
+                 cache_dir: str | Path | None = None, api_key: str = "EMPTY",
+                 system_message: str | None = None) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
             raise ValueError("base_urls must name at least one server URL")
         if api not in ("completions", "chat"):
             raise ValueError(f"api must be 'completions' or 'chat', got {api!r}")
+        if api == "completions" and system_message is not None:
+            raise ValueError("a system message needs api='chat' (a raw completion has no messages)")
         if timeout <= 0 or max_retries < 0 or backoff < 0 or concurrency < 1:
             raise ValueError(
                 f"need timeout > 0, max_retries >= 0, backoff >= 0, concurrency >= 1; got "
                 f"{timeout=}, {max_retries=}, {backoff=}, {concurrency=}")
         self.base_urls = [u.rstrip("/") for u in urls]
         self.model, self.api, self.timeout = model, api, timeout
+        self.system_message = system_message
         self.max_retries, self.backoff, self.concurrency = max_retries, backoff, concurrency
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.cache_hits = self.requests = 0  # hits in cache_dir; HTTP requests incl. retries
@@ -72,15 +77,17 @@ class SimulatorClient:
             limits=httpx.Limits(max_connections=concurrency * len(self.base_urls)))
 
     def complete(self, prompts: Sequence[str], *, max_tokens: int, temperature: float,
-                 top_p: float = 1.0, seed: int | None = None) -> list[str]:
+                 top_p: float | None = 1.0, seed: int | None = None) -> list[str]:
         """One completion text per prompt, in input order (prompts run concurrently).
+        ``top_p`` None (and ``seed`` None) is left out of the request: the server's default.
 
         Raises ``SimulatorUnavailableError`` when a prompt fails all its attempts, and
         ``SimulatorRequestError`` (a subclass) when the server rejects a request.
         """
         if not prompts:
             return []
-        params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+        params = {"max_tokens": max_tokens, "temperature": temperature}
+        params.update({} if top_p is None else {"top_p": top_p})
         params.update({} if seed is None else {"seed": seed})
         pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts)))
         try:
@@ -118,7 +125,8 @@ class SimulatorClient:
         if cached is not None:
             return cached
         if self.api == "chat":
-            path, body = "/chat/completions", {"messages": [{"role": "user", "content": prompt}]}
+            system = [] if self.system_message is None else [{"role": "system", "content": self.system_message}]
+            path, body = "/chat/completions", {"messages": [*system, {"role": "user", "content": prompt}]}
         else:
             path, body = "/completions", {"prompt": prompt}
         text = self._post_with_retries(path, {"model": self.model, **body, **params})
@@ -167,7 +175,9 @@ class SimulatorClient:
 
     def _cache_key(self, prompt: str, params: dict) -> str:
         fields = [self.model, self.api, prompt, params["max_tokens"], params["temperature"],
-                  params["top_p"], params.get("seed")]
+                  params.get("top_p"), params.get("seed")]
+        if self.system_message is not None:  # only then: keys of caches written without one stay valid
+            fields.append(self.system_message)
         return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
 
     def _cache_path(self, key: str) -> Path:  # two hex levels keep directories small

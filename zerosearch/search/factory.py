@@ -12,21 +12,37 @@ from zerosearch.protocol import SearchEngine
 ENGINES = ("bm25", "simulated", "hybrid", "dense", "web")
 
 
+def simulator_template(cfg: Config):
+    """The ``PromptTemplate`` of ``simulator.prompt`` (a file in ``configs/prompts/``), or of
+    ``simulator.prompt_template_file`` when that names a file (relative to the working directory)."""
+    from zerosearch.search.templates import load_template, named_template
+
+    sim = cfg.simulator
+    return load_template(sim.prompt_template_file) if sim.prompt_template_file else named_template(sim.prompt)
+
+
+def simulator_client(cfg: Config, simulator_url: str | list[str], *, cache: bool = True):
+    """A ``SimulatorClient`` sending requests the way ``simulator.api`` / ``system_message`` say;
+    ``cache=False`` leaves ``simulator.cache_dir`` out (the probe must not fill training's cache)."""
+    from zerosearch.search.client import SimulatorClient
+
+    sim = cfg.simulator
+    return SimulatorClient(
+        simulator_url, model=cfg.served_simulator(), api=sim.api, system_message=sim.system_message,
+        timeout=sim.request_timeout, max_retries=sim.max_retries, concurrency=sim.concurrency,
+        cache_dir=sim.cache_dir if cache else None,
+    )
+
+
 def simulated_engine(cfg: Config, simulator_url: str | list[str], *, total_steps: int | None = None) -> SearchEngine:
     """The simulated engine talking to the server at ``simulator_url`` (``.../v1``; a list of
     URLs: requests are spread over the servers round-robin)."""
-    from zerosearch.search.client import SimulatorClient
     from zerosearch.search.simulated import SimulatedEngine
 
-    sim = cfg.simulator
-    client = SimulatorClient(
-        simulator_url, model=cfg.served_simulator(), api="completions" if sim.mode == "sft" else "chat",
-        timeout=sim.request_timeout, max_retries=sim.max_retries, concurrency=sim.concurrency,
-        cache_dir=sim.cache_dir,
-    )
-    c = sim.curriculum
-    return SimulatedEngine(client, mode=sim.mode, top_k=cfg.search.top_k, max_tokens=sim.max_tokens,
-                           temperature=sim.temperature, p_start=c.p_start, p_end=c.p_end, base=c.base,
+    sim, c = cfg.simulator, cfg.simulator.curriculum
+    return SimulatedEngine(simulator_client(cfg, simulator_url), template=simulator_template(cfg),
+                           top_k=cfg.search.top_k, max_tokens=sim.max_tokens, temperature=sim.temperature,
+                           top_p=sim.top_p, p_start=c.p_start, p_end=c.p_end, base=c.base,
                            total_steps=total_steps or cfg.train.total_steps, seed=cfg.base.seed)
 
 

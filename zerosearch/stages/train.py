@@ -4,7 +4,9 @@
 
 ``train.engine``: ``simulated`` (ZeroSearch: the simulator is served for the run by
 ``zerosearch.serving`` and stopped after), ``bm25`` (the real engine over the corpus), or
-``hybrid``. Writes the trained policy to ``<models>/policy`` (HF format; LoRA merged),
+``hybrid``. A served simulator is probed first (``simulator.probe``: useful requests must
+bring the gold answer more often than noisy ones, else the stage fails at once, before any
+model loads). Writes the trained policy to ``<models>/policy`` (HF format; LoRA merged),
 checkpoints to ``<models>/train_checkpoints/step_N``, the per-step curve to
 ``<metrics>/train_curve.csv`` (DVC plots) and the run summary to ``<metrics>/train.json``.
 Under ``accelerate launch`` / ``torchrun`` every process trains on its share of each step; the
@@ -14,6 +16,7 @@ main process alone serves the simulator and writes those outputs.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -36,6 +39,8 @@ from zerosearch.search.factory import (
 )
 from zerosearch.serving import ServerStartError
 from zerosearch.tracker import NullTracker, Tracker
+
+log = logging.getLogger(__name__)
 
 # Columns of the plots file, in order (a resumed run rewrites it from the checkpoint history).
 CURVE_COLUMNS = ("step", "reward_mean", "em", "response_tokens", "searches_per_trajectory", "noisy_fraction",
@@ -60,15 +65,37 @@ def launched_as_main(environ: Mapping[str, str] = os.environ) -> bool:
     return int(environ.get("RANK", "0")) == 0
 
 
+def probe_simulator(cfg: Config, url: str | list[str], rows: list[dict], tracker: Tracker) -> None:
+    """The start-of-training check (``simulator.probe``): the simulator at ``url`` must write
+    gold-holding documents more often when asked for useful ones than for noisy ones. Logs
+    the rates; raises ``SimulatorProbeError`` naming them when the switch does not work."""
+    if not cfg.simulator.probe.enabled:
+        return
+    from zerosearch.search.probe import check_probe, probe_from_config
+
+    result = probe_from_config(cfg, url, rows)
+    tracker.log_metrics(result.metrics())
+    log.info("simulator probe: %s", result.summary())
+    check_probe(result)
+
+
 @contextlib.contextmanager
-def shared_engine(cfg: Config, accelerator, *, log_path: Path) -> Iterator[SearchEngine]:
+def shared_engine(cfg: Config, accelerator, *, log_path: Path, rows: list[dict] | None = None,
+                  tracker: Tracker | None = None) -> Iterator[SearchEngine]:
     """``train.engine`` for this process, one simulator server for the whole run: under several
-    processes only the main one serves it (or health-checks ``simulator.url``); the others wait
+    processes only the main one serves it (or health-checks ``simulator.url``) and probes it
+    (``probe_simulator`` on the training questions ``rows``; None: no probe); the others wait
     until it answers and get its URL by broadcast. It stops once every process is done."""
     name, steps = cfg.train.engine, cfg.train.total_steps
-    if accelerator.num_processes == 1 or not needs_simulator(name):
+    if not needs_simulator(name):
         with open_engine(cfg, name, total_steps=steps, log_path=log_path) as engine:
             yield engine
+        return
+    if accelerator.num_processes == 1:
+        with simulator_urls(cfg, log_path=log_path) as url:
+            if rows is not None:
+                probe_simulator(cfg, url, rows, tracker or NullTracker())
+            yield make_engine(cfg, name, simulator_url=url, total_steps=steps)
         return
     from accelerate.utils import broadcast_object_list
 
@@ -76,7 +103,10 @@ def shared_engine(cfg: Config, accelerator, *, log_path: Path) -> Iterator[Searc
         found: list[dict | None] = [None]
         if accelerator.is_main_process:
             try:
-                found[0] = {"url": stack.enter_context(simulator_urls(cfg, log_path=log_path))}
+                url = stack.enter_context(simulator_urls(cfg, log_path=log_path))
+                if rows is not None:
+                    probe_simulator(cfg, url, rows, tracker or NullTracker())
+                found[0] = {"url": url}
             except Exception as err:  # the others are waiting for a URL: tell them, then fail
                 broadcast_object_list([{"error": f"{type(err).__name__}: {err}"}])
                 raise
@@ -102,7 +132,7 @@ def run(cfg: Config, tracker: Tracker = NullTracker(), *, resume: bool = False,
     curve_path = cfg.path("metrics") / "train_curve.csv"
     with contextlib.ExitStack() as stack:
         if engine is None:
-            engine = stack.enter_context(shared_engine(cfg, accelerator,
+            engine = stack.enter_context(shared_engine(cfg, accelerator, rows=rows, tracker=tracker,
                                                        log_path=cfg.path("models") / "simulator_server.log"))
         trainer = RLTrainer(cfg, engine, rows, checkpoint_dir=ckpts, tracker=tracker, accelerator=accelerator)
 
