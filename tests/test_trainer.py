@@ -13,10 +13,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import micro_config
+from zerosearch.agent.evaluation import predict_agent
 from zerosearch.data.schema import read_qa_parquet
 from zerosearch.rl.checkpoint import latest_checkpoint, list_checkpoints
-from zerosearch.agent.evaluation import predict_agent
-from zerosearch.rl.trainer import RLTrainer, Validation, token_log_probs, validation_metrics
+from zerosearch.rl.trainer import (
+    RLTrainer,
+    Validation,
+    token_log_probs,
+    validation_metrics,
+)
 from zerosearch.search.factory import make_engine
 from zerosearch.stages import train as train_stage
 from zerosearch.tracker import MemoryTracker
@@ -421,3 +426,20 @@ def test_validation_with_a_simulator_engine_is_refused_before_training(micro_wor
     cfg = _cfg(micro_world, tmp_path, "eval.engine=simulated", "train.val_every=2")
     with pytest.raises(ValueError, match="validation needs a real engine"):
         train_stage.run(cfg)
+
+
+def test_validation_under_vllm_is_the_runs_engine_at_temperature_zero(tmp_path, monkeypatch):
+    """The vllm backend validates with the run's engine (weights synced by generator()), through
+    a copy at temperature 0: the sampling engine itself keeps its temperature."""
+    import types
+
+    engine = types.SimpleNamespace(temperature=1.0, llm="the engine")
+    synced = []
+    cfg = micro_config(tmp_path, "train.rollout_backend=vllm")
+    acc = types.SimpleNamespace(process_index=0, num_processes=1, unwrap_model=lambda m: m,
+                                state=types.SimpleNamespace(deepspeed_plugin=None))
+    t = RLTrainer(cfg, None, [{"question": "q", "golden_answers": ["a"]}], checkpoint_dir=tmp_path, accelerator=acc)
+    monkeypatch.setattr(t, "generator", lambda policy: synced.append(policy) or engine)
+    greedy = t._greedy_generator("policy")
+    assert greedy.temperature == 0.0 and greedy.llm == "the engine" and engine.temperature == 1.0
+    assert synced == ["policy"]
