@@ -428,6 +428,13 @@ def test_validation_with_a_simulator_engine_is_refused_before_training(micro_wor
         train_stage.run(cfg)
 
 
+def test_validation_with_the_web_engine_and_no_key_says_why_training_needs_it(micro_world, tmp_path, monkeypatch):
+    monkeypatch.delenv("SERPER_API_KEY", raising=False)
+    cfg = _cfg(micro_world, tmp_path, "eval.engine=web", "train.val_every=2")
+    with pytest.raises(ValueError, match=r"validation \(train.val_every=2\) searches with eval.engine=web: .*SERPER_API_KEY"):
+        train_stage.validation(cfg)
+
+
 def test_validation_under_vllm_is_the_runs_engine_at_temperature_zero(tmp_path, monkeypatch):
     """The vllm backend validates with the run's engine (weights synced by generator()), through
     a copy at temperature 0: the sampling engine itself keeps its temperature."""

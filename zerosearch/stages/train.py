@@ -79,7 +79,12 @@ def validation(cfg: Config) -> Validation | None:
     if not rows:
         raise ValueError(f"train.val_every={cfg.train.val_every} but data.validation ({cfg.data.validation}) "
                          "has no questions")
-    return Validation(rows, make_engine(cfg, cfg.eval.engine))
+    try:
+        engine = make_engine(cfg, cfg.eval.engine)
+    except ValueError as e:  # e.g. the web engine without its API key: say why training needs it
+        raise ValueError(f"validation (train.val_every={cfg.train.val_every}) searches with eval.engine="
+                         f"{cfg.eval.engine}: {e}; or set train.val_every=0") from e
+    return Validation(rows, engine)
 
 
 def validation_table(validations: list[dict[str, float]]) -> list[dict[str, Any]]:
