@@ -1,6 +1,7 @@
 """The evaluate stage as a Prefect flow (what ``zerosearch evaluate`` / ``dvc repro evaluate`` run).
 
-Scores every method on every benchmark, writes ``metrics/evaluate.json``, the predictions and
+Scores every method on every benchmark (strict EM, substring EM, F1; ``eval.headline_metric``
+first), writes ``metrics/evaluate.json``, the predictions and
 the plots, logs them to the pipeline's MLflow run, registers the agent (policy, BM25 index and
 rollout settings) in the model registry, and publishes the table as a Prefect markdown
 artifact (key ``evaluate-table``).
@@ -23,12 +24,12 @@ def evaluate_flow(params: str = "params.yaml", overrides: list[str] | None = Non
     with stage_run("evaluate", cfg, params) as tracker:
         result = evaluate_task(cfg, tracker)
         result["registered_model"] = register_agent_task(cfg, result["table"], tracker)
-    write_metrics_task(result["table"], cfg.path("metrics") / "evaluate.json")
+    write_metrics_task(result["metrics"], cfg.path("metrics") / "evaluate.json")
     registered = f"\n\nPolicy registered in MLflow as `{result['registered_model']}`." if result["registered_model"] else ""
     create_markdown_artifact(
         key="evaluate-table",
-        markdown=f"# Evaluation (EM, engine `{cfg.eval.engine}`)\n\n{result['markdown']}{registered}",
-        description="EM per benchmark and method")
+        markdown=f"# Evaluation (engine `{cfg.eval.engine}`, greedy)\n\n{result['markdown']}{registered}",
+        description="strict EM, substring EM and F1 per benchmark and method")
     return result
 
 

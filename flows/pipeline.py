@@ -29,7 +29,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from zerosearch.agent.evaluation import markdown_table
+from zerosearch.agent.evaluation import markdown_tables
 from zerosearch.config import load_config
 from zerosearch.mlops.experiments import (
     ExperimentFailed,
@@ -83,12 +83,13 @@ def publish_results(repo: str, result: ExperimentResult, preset: str, overrides:
         f"# Experiment `{result.name}`\n\n"
         f"Preset `{preset}`, overrides `{overrides}`.\n\n"
         f"Stages run: {', '.join(result.ran) or 'none'}; up to date: {', '.join(result.skipped) or 'none'}.\n\n"
-        f"## EM (engine `{cfg.eval.engine}`)\n\n{markdown_table(table, cfg.data.benchmarks)}\n\n"
+        f"## Evaluation (engine `{cfg.eval.engine}`)\n\n"
+        f"{markdown_tables(table, cfg.data.benchmarks, cfg.eval.headline_metric)}\n\n"
         f"## MLflow ({tracking_uri(repo)})\n\n{links}\n\n"
         f"Registered policy: `{registered or 'not registered'}`\n\n"
         f"Compare: `dvc exp show`, `dvc metrics diff`, or the MLflow UI's compare view.\n")
     create_markdown_artifact(key=artifact_key(result.name), markdown=markdown,
-                             description=f"experiment {result.name}: EM table and MLflow links")
+                             description=f"experiment {result.name}: results tables and MLflow links")
     return {"experiment": result.name, "table": table, "mlflow_runs": runs, "registered_model": registered,
             "ran": result.ran, "skipped": result.skipped}
 

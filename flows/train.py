@@ -2,7 +2,8 @@
 
 RL (``train.algorithm``) against ``train.engine``; the simulator is served for the run when
 the engine needs it. Writes ``models/policy``, checkpoints under
-``models/train_checkpoints``, ``metrics/train.json`` and the curve ``metrics/train_curve.csv``.
+``models/train_checkpoints``, ``metrics/train.json``, the curve ``metrics/train_curve.csv`` and
+the validations ``metrics/train_validation.csv`` (``train.val_every``).
 """
 
 from __future__ import annotations

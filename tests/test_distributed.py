@@ -121,6 +121,18 @@ def test_two_processes_train_their_shares_step_like_one_process_and_resume(micro
     assert len(zero) == len(steps[0]["1"]["backward_losses"]) == 8 and all(x == 0.0 for x in zero)
     assert any(x != 0.0 for x in steps[0]["1"]["backward_losses"])
 
+    # validation (the params' val_every over 4 steps: after 0 and 4 updates): each process
+    # answers half of the questions, gathered; the base policy's (step 0) equals one process's
+    import csv
+
+    def validations(name: str) -> list[dict]:
+        with open(tmp_path / name / "metrics" / "train_validation.csv", encoding="utf-8") as f:
+            return [{k: v for k, v in r.items() if k != "val_seconds"} for r in csv.DictReader(f)]
+
+    two, single = validations("two"), validations("one")
+    assert [r["step"] for r in two] == [r["step"] for r in single] == ["0", "4"]
+    assert two[0] == single[0] and {"val_em", "val_tiny_ood_substring_em"} <= set(two[0])
+
     # logged metrics are over both processes, the same on each
     history = r0b["history"]
     assert history == r1b["history"]

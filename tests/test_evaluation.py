@@ -12,7 +12,10 @@ from typer.testing import CliRunner
 from tests.conftest import REPO, micro_config, micro_overrides
 from zerosearch.agent.ask import Agent, parse_steps
 from zerosearch.agent.evaluation import (
+    by_source,
+    headline,
     markdown_table,
+    markdown_tables,
     predict_direct,
     predict_rag,
     table,
@@ -27,7 +30,7 @@ from zerosearch.mlops.registry import (
     read_settings,
     register_agent,
 )
-from zerosearch.rewards import exact_match, f1_score
+from zerosearch.rewards import exact_match, f1_score, substring_exact_match
 from zerosearch.search.factory import make_engine
 from zerosearch.stages import evaluate as evaluate_stage
 from zerosearch.tracker import MemoryTracker
@@ -53,12 +56,22 @@ def test_stage_numbers_match_a_hand_computation_over_the_predictions(micro_world
         for bench in cfg.data.benchmarks:
             rows = [r for r in records if r["method"] == method and r["benchmark"] == bench]
             em = sum(exact_match(r["prediction"], r["golden_answers"]) for r in rows) / len(rows)
+            sub = sum(substring_exact_match(r["prediction"], r["golden_answers"]) for r in rows) / len(rows)
             f1 = sum(f1_score(r["prediction"], r["golden_answers"]) for r in rows) / len(rows)
             assert tab[method][bench]["em"] == pytest.approx(em, abs=1e-4)
+            assert tab[method][bench]["substring_em"] == pytest.approx(sub, abs=1e-4)
             assert tab[method][bench]["f1"] == pytest.approx(f1, abs=1e-4)
-        in_d = [tab[method][b]["em"] for b in cfg.data.in_domain]
-        assert tab[method]["in_domain"]["em"] == pytest.approx(sum(in_d) / len(in_d), abs=1e-4)
-        assert tab[method]["out_of_domain"]["em"] == tab[method]["tiny_ood"]["em"]
+            assert tab[method][bench]["substring_em"] >= tab[method][bench]["em"]  # equal strings contain each other
+        for metric in ("em", "substring_em", "f1"):
+            in_d = [tab[method][b][metric] for b in cfg.data.in_domain]
+            assert tab[method]["in_domain"][metric] == pytest.approx(sum(in_d) / len(in_d), abs=1e-4)
+            assert tab[method]["out_of_domain"][metric] == tab[method]["tiny_ood"][metric]
+            every = [tab[method][b][metric] for b in cfg.data.benchmarks]
+            assert tab[method]["average"][metric] == pytest.approx(sum(every) / len(every), abs=1e-4)
+    # the tiny world's headline is strict EM; evaluate.json is the table plus the headline
+    assert result["metrics"] == {**tab, "headline": {"metric": "em", **{m: tab[m]["average"]["em"] for m in methods}}}
+    assert result["markdown"].startswith("**strict EM** (headline)")
+    assert "**substring EM**" in result["markdown"] and "**F1**" in result["markdown"]
     assert {r["searches"] for r in records if r["method"] == "direct"} == {0}
     assert {r["searches"] for r in records if r["method"] == "rag"} == {1}
     for bench in [*cfg.data.benchmarks, "average"]:
@@ -67,20 +80,55 @@ def test_stage_numbers_match_a_hand_computation_over_the_predictions(micro_world
     assert tracker.models == []
     logged = {k: v for _, m in tracker.metrics for k, v in m.items()}
     assert logged["evaluate.agent.tiny_single.em"] == pytest.approx(tab["agent"]["tiny_single"]["em"])
+    assert logged["evaluate.agent.average.substring_em"] == pytest.approx(tab["agent"]["average"]["substring_em"])
+    assert logged["evaluate.headline.agent"] == pytest.approx(tab["agent"]["average"]["em"])
     assert not any(k.startswith("eval.") for k in logged)
-    assert "| agent |" in result["markdown"] and set(result) == {"table", "markdown", "seconds"}
+    assert "| agent |" in result["markdown"] and set(result) == {"table", "metrics", "markdown", "seconds"}
     assert str(micro_world / "metrics" / "evaluate_predictions.jsonl") in tracker.artifacts
 
 
 def test_table_and_markdown_on_hand_values():
-    results = {"agent": {"a": {"em": 0.5, "f1": 0.6}, "b": {"em": 0.0, "f1": 0.2}, "c": {"em": 1.0, "f1": 1.0}}}
+    results = {"agent": {"a": {"em": 0.5, "substring_em": 0.75, "f1": 0.6}, "b": {"em": 0.0, "substring_em": 0.5, "f1": 0.2},
+                         "c": {"em": 1.0, "substring_em": 1.0, "f1": 1.0}}}
     tab = table(results, in_domain=["a", "b"])
-    assert tab["agent"]["in_domain"] == {"em": 0.25, "f1": 0.4}
-    assert tab["agent"]["out_of_domain"] == {"em": 1.0, "f1": 1.0}
+    assert tab["agent"]["in_domain"] == {"em": 0.25, "substring_em": 0.625, "f1": 0.4}
+    assert tab["agent"]["out_of_domain"] == {"em": 1.0, "substring_em": 1.0, "f1": 1.0}
     assert tab["agent"]["average"]["em"] == pytest.approx(0.5)
+    assert tab["agent"]["average"]["substring_em"] == pytest.approx(0.75)
     md = markdown_table(tab, ["a", "b", "c"])
     assert md.splitlines()[0] == "| method | a | b | c | in_domain | out_of_domain | average |"
     assert md.splitlines()[2] == "| agent | 0.500 | 0.000 | 1.000 | 0.250 | 1.000 | 0.500 |"
+    # evaluate.json's headline entry is not a method row; each table says its metric
+    with_headline = {**tab, "headline": headline(tab, "substring_em")}
+    assert with_headline["headline"] == {"metric": "substring_em", "agent": 0.75}
+    assert markdown_table(with_headline, ["a", "b", "c"], "substring_em").splitlines()[2:] == [
+        "| agent | 0.750 | 0.500 | 1.000 | 0.625 | 1.000 | 0.750 |"]
+    tables = markdown_tables(with_headline, ["a", "b", "c"], "substring_em").split("\n\n")
+    assert [tables[0], tables[2], tables[4]] == ["**substring EM** (headline)", "**strict EM**", "**F1**"]
+    assert tables[3].splitlines()[2] == md.splitlines()[2]
+
+
+def test_by_source_averages_over_data_sources():
+    recs = [{"data_source": "nq", "em": 1.0, "substring_em": 1.0, "f1": 1.0},
+            {"data_source": "nq", "em": 0.0, "substring_em": 1.0, "f1": 0.5},
+            {"data_source": "hotpotqa", "em": 0.0, "substring_em": 0.0, "f1": 0.0}]
+    out = by_source(recs)
+    assert out["nq"] == {"n": 2, "em": 0.5, "substring_em": 1.0, "f1": 0.75}
+    assert out["hotpotqa"] == {"n": 1, "em": 0.0, "substring_em": 0.0, "f1": 0.0}
+    # unweighted over sources, as the benchmark table's average
+    assert out["average"] == {"n": 3, "em": 0.25, "substring_em": 0.5, "f1": 0.375}
+    assert by_source([]) == {}
+
+
+def test_the_paper_headline_is_substring_em_and_labels_say_so(micro_world, tmp_path):
+    cfg = _cfg(micro_world, "eval.methods=[rag]", "eval.headline_metric=substring_em",
+               f"base.paths.metrics={tmp_path}/metrics")
+    result = evaluate_stage.run(cfg)
+    tab = result["table"]
+    assert result["metrics"]["headline"] == {"metric": "substring_em", "rag": tab["rag"]["average"]["substring_em"]}
+    assert result["markdown"].startswith("**substring EM** (headline)")
+    assert all({"em", "substring_em", "f1"} <= set(tab["rag"][b]) for b in [*cfg.data.benchmarks, "average"])
+    assert (tmp_path / "metrics" / "evaluate_plots" / "average.png").stat().st_size > 1000
 
 
 def test_baselines_force_an_answer_and_rag_retrieves_once(micro_world):

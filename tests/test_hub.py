@@ -332,3 +332,41 @@ def test_hub_offline_reads_from_cache(offline_empty_cache):
     rows, skipped = load_zerosearch_split("train")
     assert (rows, skipped) == (ZS_ROWS, 0)
     assert hub._offline()
+
+
+def test_the_data_stage_writes_zerosearch_test_for_validation_and_the_train_stage_reads_it(tmp_path):
+    """data.validation: zerosearch_test with the hub source: the real Search-R1/ZeroSearch test
+    parquet (fixture) becomes data/val.parquet with its data_source kept, and validation takes
+    the first train.val_max_samples of each source."""
+    import shutil
+
+    from tests.conftest import REPO, micro_config
+    from zerosearch.data.schema import read_qa_parquet
+    from zerosearch.stages import data as data_stage
+    from zerosearch.stages import train as train_stage
+
+    fixtures = REPO.parent / "shared" / "fixtures" / "data"
+    if not (fixtures / "searchr1_nq_search_sample.parquet").exists():
+        pytest.skip(f"the real data fixtures are not at {fixtures} (../shared/fixtures, see its README)")
+    src = tmp_path / "hub"
+    (src / "nq").mkdir(parents=True)
+    shutil.copyfile(fixtures / "searchr1_nq_search_sample.parquet", src / "train.parquet")
+    shutil.copyfile(fixtures / "searchr1_nq_search_sample.parquet", src / "test.parquet")
+    shutil.copyfile(fixtures / "flashrag_quickstart_nq_test.jsonl", src / "nq" / "test.jsonl")
+    hub_data = ["data.source=hub", f"data.train_source={src}", f"data.benchmarks_source={src}",
+                "data.benchmarks=[nq]", "data.in_domain=[nq]"]
+    cfg = micro_config(tmp_path, *hub_data, "data.validation=zerosearch_test", "train.val_max_samples=7")
+    stats = data_stage.run(cfg)
+    val = read_qa_parquet(tmp_path / "data" / "val.parquet")
+    assert stats["rows_val"] == len(val) == 500 and {r["data_source"] for r in val} == {"nq"}
+    assert val[0]["golden_answers"] and val[0]["split"] == "test"
+    rows = train_stage.validation_rows(cfg)
+    assert [r["id"] for r in rows] == [r["id"] for r in val[:7]]
+    # the benchmarks route (the tiny world's) writes no val.parquet and validates on the test files
+    bench = micro_config(tmp_path, *hub_data, "data.validation=benchmarks", "train.val_max_samples=0")
+    data_stage.run(bench)
+    assert not (tmp_path / "data" / "val.parquet").exists()
+    rows = train_stage.validation_rows(bench)
+    assert len(rows) == 17 and {r["data_source"] for r in rows} == {"nq"}
+    with pytest.raises(ValueError, match="zerosearch_test .* needs source: hub"):
+        micro_config(tmp_path, "data.validation=zerosearch_test")

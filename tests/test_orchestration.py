@@ -51,7 +51,7 @@ def test_stage_flows_run_under_prefect_and_write_metrics(tmp_path, prefect_harne
 
     evaluation = ["eval.max_samples=3", f"eval.policy={tmp_path}/models/policy", "eval.registered_model=''"]
     result = evaluate_flow(str(REPO / "params.yaml"), overrides + train + evaluation)
-    assert json.loads((tmp_path / "metrics" / "evaluate.json").read_text()) == result["table"]
+    assert json.loads((tmp_path / "metrics" / "evaluate.json").read_text()) == result["metrics"]
     assert set(result["table"]) == {"direct", "rag", "base_agent", "agent"}
 
     async def latest_artifact():

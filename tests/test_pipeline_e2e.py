@@ -93,10 +93,15 @@ def test_dvc_repro_builds_everything_then_has_nothing_to_do(reproduced):
     assert (repo / "models" / "train_checkpoints" / "step_000003" / "state.json").exists()
     curve = (repo / "metrics" / "train_curve.csv").read_text().splitlines()
     assert curve[0].startswith("step,reward_mean") and len(curve) == 4
+    # validation: before training and after the last of the 3 steps (val_every 20)
+    validation = (repo / "metrics" / "train_validation.csv").read_text().splitlines()
+    assert validation[0].startswith("step,val_em,val_substring_em,val_f1") and len(validation) == 3
+    assert train["val"]["step"] == 3 and train["val"]["headline_metric"] == "em"
     # evaluate: the table for every method and benchmark, predictions, plots
     table = json.loads((repo / "metrics" / "evaluate.json").read_text())
-    assert set(table) == {"direct", "rag", "base_agent", "agent"}
-    assert all(0.0 <= table[m]["average"]["em"] <= 1.0 for m in table)
+    methods = {"direct", "rag", "base_agent", "agent"}
+    assert set(table) == methods | {"headline"} and table["headline"]["metric"] == "em"
+    assert all(0.0 <= table[m]["average"][k] <= 1.0 for m in methods for k in ("em", "substring_em", "f1"))
     assert len((repo / "metrics" / "evaluate_predictions.jsonl").read_text().splitlines()) == 4 * 3 * 20
     assert (repo / "metrics" / "evaluate_plots" / "train_curves.png").exists()
     second = run(["dvc", "repro"], repo, env)

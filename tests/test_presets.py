@@ -37,6 +37,37 @@ COMMON = {
     "train.entropy_coef": 0.001,
     "train.kl_coef": 0.001,
     "simulator.curriculum.base": 4.0,
+    # the rollout (ZEROSEARCH.md, "Reference behaviour"): the row's prompt through the tokenizer's
+    # chat template whenever it has one; MAX_TURNS 5 searches with documents plus an answer turn;
+    # 500 tokens per turn, 2048 per observation, a 4096 window; the reference's corrective message and
+    # <information> layout; top 5 documents
+    "base.chat_prompt": "auto",
+    "train.max_turns": 5,
+    "train.max_response_tokens": 500,
+    "train.max_obs_tokens": 2048,
+    "train.max_prompt_tokens": 4096,
+    "train.corrective_message": "reference",
+    "train.information_layout": "reference",
+    "search.top_k": 5,
+    # the simulator request: chat endpoint, an empty system message, temperature 0.8, 600 tokens
+    "simulator.api": "chat",
+    "simulator.system_message": "",
+    "simulator.temperature": 0.8,
+    "simulator.max_tokens": 600,
+    # what the paper reports: substring EM of greedy validation on ZeroSearch's test.parquet every 50
+    # steps (test_freq 50), on a real engine
+    "eval.headline_metric": "substring_em",
+    "data.validation": "zerosearch_test",
+    "train.val_every": 50,
+    "train.val_max_samples": 0,
+    "eval.engine": "web",
+}
+
+# Simulator per preset kind (the file name's last part): the released 14B SFT simulator with the
+# input it was fine-tuned on, or Qwen2.5-14B-Instruct in prompt mode.
+SIMULATOR = {
+    "sft": {"base.simulator_model": "sunhaonlp/SearchSimulation_14B", "simulator.prompt": "zerosearch-sft"},
+    "prompt": {"base.simulator_model": "Qwen/Qwen2.5-14B-Instruct", "simulator.prompt": "zerosearch-prompt"},
 }
 
 FAMILY = {
@@ -56,15 +87,14 @@ FAMILY = {
 # Qwen2.5-3B-Instruct: its preset takes Qwen2.5-3B's.
 POLICY = {
     "Qwen/Qwen2.5-3B": {"simulator.curriculum.p_start": 0.0, "simulator.curriculum.p_end": 0.25},
-    "Qwen/Qwen2.5-3B-Instruct": {"simulator.curriculum.p_start": 0.0, "simulator.curriculum.p_end": 0.25,
-                                 "base.chat_prompt": True},
+    "Qwen/Qwen2.5-3B-Instruct": {"simulator.curriculum.p_start": 0.0, "simulator.curriculum.p_end": 0.25},
     "Qwen/Qwen2.5-7B": {"simulator.curriculum.p_start": 0.0, "simulator.curriculum.p_end": 0.75},
     "meta-llama/Llama-3.2-3B": {"simulator.curriculum.p_start": 0.25, "simulator.curriculum.p_end": 0.5},
 }
 
 
-def expected(cfg, family: str) -> dict:
-    return {**COMMON, **FAMILY[family], **POLICY[cfg.base.policy_model]}
+def expected(cfg, family: str, kind: str) -> dict:
+    return {**COMMON, **FAMILY[family], **POLICY[cfg.base.policy_model], **SIMULATOR[kind]}
 
 
 def test_there_are_17_presets_of_the_three_families():
@@ -76,6 +106,6 @@ def test_there_are_17_presets_of_the_three_families():
 def test_every_preset_has_the_reference_values(path):
     cfg = load_config(path)
     values = flatten(cfg.model_dump())
-    want = expected(cfg, path.stem.split("-")[0])
+    want = expected(cfg, path.stem.split("-")[0], path.stem.split("-")[-1])
     assert {k: values[k] for k in want} == want
 

@@ -141,7 +141,7 @@ def fake_simulator():
 
 def probed_config(tmp_path, url, *extra):
     cfg = micro_config(tmp_path, "simulator.backend=url", f"simulator.url={url}", "simulator.probe.n_questions=6",
-                       "simulator.startup_timeout=10", *extra)
+                       "simulator.startup_timeout=10", "train.val_every=0", *extra)  # no test files here
     write_qa_parquet(ROWS, cfg.path("data") / "train.parquet")
     return cfg
 

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import micro_config
+from zerosearch.agent.evaluation import predict_agent
 from zerosearch.data.schema import read_qa_parquet
 from zerosearch.rl.checkpoint import latest_checkpoint, list_checkpoints
-from zerosearch.rl.trainer import Experience, RLTrainer, token_log_probs
+from zerosearch.rl.trainer import (
+    Experience,
+    RLTrainer,
+    Validation,
+    token_log_probs,
+    validation_metrics,
+)
 from zerosearch.search.factory import make_engine
 from zerosearch.stages import train as train_stage
+from zerosearch.tracker import MemoryTracker
 
 TRAIN = ["train.engine=bm25", "train.batch_prompts=2", "train.group_size=2", "train.mini_batch_size=2",
          "train.micro_batch_size=1", "train.total_steps=4", "train.save_every=2", "train.lr=0.001",
@@ -406,3 +416,143 @@ def test_ppo_critic_lr_warms_up_linearly_and_resumes(micro_world, tmp_path):
     flat = _trainer(_cfg(micro_world, tmp_path, "train.algorithm=ppo", "train.critic_lr=0.002"), tmp_path / "flat")
     flat.setup()
     assert flat.m.critic_optimizer.param_groups[0]["lr"] == 0.002
+
+
+# ---------------------------------------------------------------- validation during training
+
+TIMES = ("step_seconds", "rollout_seconds", "tokens_per_s")  # wall-clock, the only values allowed to differ
+
+
+def _validation(cfg):
+    return Validation(train_stage.validation_rows(cfg), make_engine(cfg, "bm25"))
+
+
+def test_validation_runs_at_its_steps_and_changes_nothing_in_training(micro_world, tmp_path):
+    """val_every 2 over 4 steps: the policy after 0, 2 and 4 updates is validated, per data
+    source and averaged, logged at those steps; training (metrics and weights) is the same
+    as without validation, and the last validation is the final policy's greedy score."""
+    cfg = _cfg(micro_world, tmp_path, "train.val_every=2", "train.val_max_samples=3")
+    plain = _trainer(cfg, tmp_path / "a")
+    plain_history = plain.fit()
+    tracker = MemoryTracker()
+    validated = RLTrainer(cfg, make_engine(cfg, "bm25"), read_qa_parquet(cfg.path("data") / "train.parquet"),
+                          checkpoint_dir=tmp_path / "b", tracker=tracker, validation=_validation(cfg))
+    history = validated.fit()
+    for a, b in zip(plain_history, history, strict=True):
+        assert {k: v for k, v in a.items() if k not in TIMES} == {k: v for k, v in b.items() if k not in TIMES}
+    for (name, p), q in zip(plain.final_policy().named_parameters(), validated.final_policy().parameters(), strict=True):
+        assert torch.equal(p, q), name
+    assert plain.validations == [] and [v["step"] for v in validated.validations] == [0, 2, 4]
+    sources = ["tiny_single", "tiny_multi", "tiny_ood"]
+    keys = {f"val_{m}" for m in ("em", "substring_em", "f1")} | {"val_seconds"} | {
+        f"val_{s}_{m}" for s in sources for m in ("em", "substring_em", "f1")}
+    assert all(set(v) == keys | {"step"} for v in validated.validations)
+    logged = [(step, m) for step, m in tracker.metrics if "val_em" in m]
+    assert [step for step, _ in logged] == [0, 2, 4]
+    assert all(not any(k.startswith("val_") for k in m) for _, m in tracker.metrics if "reward_mean" in m)
+    # the step-4 validation is the final policy answering the same 9 questions greedily
+    rows = train_stage.validation_rows(cfg)
+    assert len(rows) == 9 and [r["data_source"] for r in rows] == [s for s in sources for _ in range(3)]
+    records = predict_agent(validated.final_policy(), validated.m.tokenizer, make_engine(cfg, "bm25"), rows,
+                            validated.rollout_settings)
+    expected = validation_metrics([{**r, "data_source": row["data_source"]} for r, row in zip(records, rows, strict=True)])
+    last = validated.validations[-1]
+    assert {k: last[k] for k in expected} == pytest.approx(expected)
+    assert last["val_em"] == pytest.approx(sum(last[f"val_{s}_em"] for s in sources) / 3)
+
+
+def test_validation_draws_no_random_numbers_and_is_due_at_0_every_k_and_the_end(micro_world, tmp_path):
+    cfg = _cfg(micro_world, tmp_path, "train.val_every=2", "train.val_max_samples=2", "train.total_steps=3")
+    trainer = RLTrainer(cfg, make_engine(cfg, "bm25"), read_qa_parquet(cfg.path("data") / "train.parquet"),
+                        checkpoint_dir=tmp_path / "c", validation=_validation(cfg))
+    assert [n for n in range(5) if trainer.validation_due(n)] == [0, 2, 3]
+    trainer.setup()
+    torch_before, py_before = torch.get_rng_state(), random.getstate()
+    trainer.validate()
+    assert torch.equal(torch.get_rng_state(), torch_before) and random.getstate() == py_before
+    off = _cfg(micro_world, tmp_path, "train.val_every=0")
+    assert train_stage.validation(off) is None
+    assert not RLTrainer(off, None, [{"question": "q", "golden_answers": ["a"]}], checkpoint_dir=tmp_path,
+                         validation=_validation(cfg)).validation_due(0)
+
+
+def test_validations_survive_an_interruption_and_resume(micro_world, tmp_path):
+    cfg = _cfg(micro_world, tmp_path, "train.val_every=2", "train.val_max_samples=2")
+    full = RLTrainer(cfg, make_engine(cfg, "bm25"), read_qa_parquet(cfg.path("data") / "train.parquet"),
+                     checkpoint_dir=tmp_path / "a", validation=_validation(cfg))
+    full.fit()
+
+    def stop_after_two(step, metrics):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    interrupted = RLTrainer(cfg, make_engine(cfg, "bm25"), read_qa_parquet(cfg.path("data") / "train.parquet"),
+                            checkpoint_dir=tmp_path / "b", on_step=stop_after_two, validation=_validation(cfg))
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    assert [v["step"] for v in interrupted.validations] == [0, 2]  # the checkpoint after 2 steps holds both
+    tracker = MemoryTracker()
+    resumed = RLTrainer(cfg, make_engine(cfg, "bm25"), read_qa_parquet(cfg.path("data") / "train.parquet"),
+                        checkpoint_dir=tmp_path / "b", tracker=tracker, validation=_validation(cfg))
+    resumed.fit(resume=True)
+    assert resumed.start_step == 2
+    # 0 and 2 come from the checkpoint (not run again), 4 is run after the resumed steps
+    assert [step for step, m in tracker.metrics if "val_em" in m] == [4]
+    assert [v["step"] for v in resumed.validations] == [0, 2, 4]
+    for a, b in zip(full.validations, resumed.validations, strict=True):
+        assert {k: v for k, v in a.items() if k != "val_seconds"} == pytest.approx(
+            {k: v for k, v in b.items() if k != "val_seconds"})
+
+
+def test_train_stage_writes_the_validation_file_and_summary_and_keeps_them_on_resume(micro_world, tmp_path):
+    cfg = _cfg(micro_world, tmp_path, "train.total_steps=2", "train.val_every=1", "train.val_max_samples=2")
+    summary = train_stage.run(cfg)
+    path = tmp_path / "metrics" / "train_validation.csv"
+    table = pd.read_csv(path)
+    assert list(table["step"]) == [0, 1, 2]
+    assert list(table.columns[:4]) == ["step", "val_em", "val_substring_em", "val_f1"]
+    assert {"val_tiny_single_em", "val_tiny_ood_substring_em", "val_tiny_multi_f1"} <= set(table.columns)
+    assert summary["val"] == {"step": 2, "headline_metric": "em", "headline": pytest.approx(table["val_em"].iloc[-1]),
+                              "em": pytest.approx(table["val_em"].iloc[-1]),
+                              "substring_em": pytest.approx(table["val_substring_em"].iloc[-1]),
+                              "f1": pytest.approx(table["val_f1"].iloc[-1])}
+    # the train curve itself is unchanged: no validation columns
+    assert "val_em" not in (tmp_path / "metrics" / "train_curve.csv").read_text().splitlines()[0]
+    before = path.read_text()
+    path.unlink()
+    resumed = train_stage.run(cfg, resume=True)  # nothing left to do: rebuilt from the checkpoint
+    assert resumed["resumed_from_step"] == 2 and path.read_text() == before
+    # validation off: a header-only file (the evaluate stage depends on it)
+    off = _cfg(micro_world, tmp_path, "train.total_steps=1", "train.val_every=0")
+    assert "val" not in train_stage.run(off)
+    assert path.read_text().strip() == "step"
+
+
+def test_validation_with_a_simulator_engine_is_refused_before_training(micro_world, tmp_path):
+    cfg = _cfg(micro_world, tmp_path, "eval.engine=simulated", "train.val_every=2")
+    with pytest.raises(ValueError, match="validation needs a real engine"):
+        train_stage.run(cfg)
+
+
+def test_validation_with_the_web_engine_and_no_key_says_why_training_needs_it(micro_world, tmp_path, monkeypatch):
+    monkeypatch.delenv("SERPER_API_KEY", raising=False)
+    cfg = _cfg(micro_world, tmp_path, "eval.engine=web", "train.val_every=2")
+    with pytest.raises(ValueError, match=r"validation \(train.val_every=2\) searches with eval.engine=web: .*SERPER_API_KEY"):
+        train_stage.validation(cfg)
+
+
+def test_validation_under_vllm_is_the_runs_engine_at_temperature_zero(tmp_path, monkeypatch):
+    """The vllm backend validates with the run's engine (weights synced by generator()), through
+    a copy at temperature 0: the sampling engine itself keeps its temperature."""
+    import types
+
+    engine = types.SimpleNamespace(temperature=1.0, llm="the engine")
+    synced = []
+    cfg = micro_config(tmp_path, "train.rollout_backend=vllm")
+    acc = types.SimpleNamespace(process_index=0, num_processes=1, unwrap_model=lambda m: m,
+                                state=types.SimpleNamespace(deepspeed_plugin=None))
+    t = RLTrainer(cfg, None, [{"question": "q", "golden_answers": ["a"]}], checkpoint_dir=tmp_path, accelerator=acc)
+    monkeypatch.setattr(t, "generator", lambda policy: synced.append(policy) or engine)
+    greedy = t._greedy_generator("policy")
+    assert greedy.temperature == 0.0 and greedy.llm == "the engine" and engine.temperature == 1.0
+    assert synced == ["policy"]

@@ -114,6 +114,7 @@ class DataSection(_Section):
     in_domain: list[str]
     corpus: str | None
     skip_malformed: bool
+    validation: Literal["benchmarks", "zerosearch_test"]
     world: WorldSection
 
     @model_validator(mode="after")
@@ -121,6 +122,9 @@ class DataSection(_Section):
         unknown = [b for b in self.in_domain if b not in self.benchmarks]
         if unknown:
             raise ValueError(f"in_domain names benchmarks not in data.benchmarks: {unknown}")
+        if self.validation == "zerosearch_test" and self.source != "hub":
+            raise ValueError("validation: zerosearch_test is ZeroSearch_dataset's test.parquet and needs source: hub "
+                             "(the tiny world validates on its benchmarks: validation: benchmarks)")
         return self
 
 
@@ -281,6 +285,8 @@ class TrainSection(_Section):
     entropy_coef: Annotated[float, Field(ge=0.0)]
     value_clip: PositiveFloat
     save_every: PositiveInt
+    val_every: Annotated[int, Field(ge=0)]
+    val_max_samples: Annotated[int, Field(ge=0)]
     gradient_checkpointing: bool
     mixed_precision: Literal["auto", "no", "bf16", "fp16"]
     rollout_backend: Literal["hf", "vllm"]
@@ -303,6 +309,7 @@ class EvalSection(_Section):
     methods: list[Literal["direct", "rag", "base_agent", "agent"]]
     max_samples: Annotated[int, Field(ge=0)]
     batch_size: PositiveInt
+    headline_metric: Literal["em", "substring_em"]
     registered_model: str
 
 

@@ -1,8 +1,14 @@
-"""Answer extraction, SQuAD-style normalization, exact match and F1.
+"""Answer extraction, SQuAD-style normalization, exact match, substring exact match and F1.
+
+Three answer metrics, each the max over the gold aliases, on normalized text:
+
+- ``em`` (``exact_match``): strict, the prediction equals a gold alias;
+- ``substring_em`` (``substring_exact_match``): a gold alias is contained in the prediction,
+  what the ZeroSearch / Search-R1 reference code reports as "EM" in its paper tables;
+- ``f1`` (``f1_score``): word-level F1, the paper's default training reward.
 
 Rewards are plain callables ``f(completions, golden_answers) -> list[float]`` registered by
-name (``f1`` is the paper's default outcome reward, ``em`` the evaluation metric). Scores are
-the max over the gold aliases.
+name (``get_reward``).
 """
 
 from __future__ import annotations
@@ -39,6 +45,17 @@ def exact_match(prediction: str | None, golden_answers: Sequence[str]) -> float:
     return float(any(pred == normalize_answer(g) for g in golden_answers))
 
 
+def substring_exact_match(prediction: str | None, golden_answers: Sequence[str]) -> float:
+    """1.0 when a normalized gold alias occurs in the normalized prediction, else 0.0 (plain
+    string containment, as the reference's check: gold "paris" is in "paris france" and
+    also in "parison"). A gold alias that normalizes to the empty string never counts (the
+    empty string is in every prediction)."""
+    if prediction is None:
+        return 0.0
+    pred = normalize_answer(prediction)
+    return float(any(gold and gold in pred for gold in (normalize_answer(g) for g in golden_answers)))
+
+
 def _f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
     common = Counter(pred_tokens) & Counter(gold_tokens)
     same = sum(common.values())
@@ -58,7 +75,16 @@ def f1_score(prediction: str | None, golden_answers: Sequence[str]) -> float:
 
 
 RewardFn = Callable[[Sequence[str], Sequence[Sequence[str]]], list[float]]
-_METRICS = {"em": exact_match, "f1": f1_score}
+_METRICS = {"em": exact_match, "substring_em": substring_exact_match, "f1": f1_score}
+# The answer metrics every evaluation reports, in table order.
+ANSWER_METRICS = ("em", "substring_em", "f1")
+# How tables and plots name them.
+METRIC_LABELS = {"em": "strict EM", "substring_em": "substring EM", "f1": "F1"}
+
+
+def answer_scores(prediction: str | None, golden_answers: Sequence[str]) -> dict[str, float]:
+    """Every answer metric of one prediction: ``{"em", "substring_em", "f1"}``."""
+    return {name: _METRICS[name](prediction, golden_answers) for name in ANSWER_METRICS}
 
 
 def get_reward(name: str) -> RewardFn:

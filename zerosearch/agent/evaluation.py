@@ -1,5 +1,9 @@
 """Evaluating search agents and baselines: greedy generation over benchmarks, EM/F1 tables.
 
+Every record and table carries the three answer metrics of ``zerosearch.rewards``: ``em``
+(strict exact match), ``substring_em`` (a gold alias contained in the prediction, the
+reference's "EM") and ``f1``.
+
 Methods (rows of the paper's Table 1, in miniature):
 
 - ``direct``: the model answers without searching (its response starts with ``<answer>``).
@@ -8,9 +12,10 @@ Methods (rows of the paper's Table 1, in miniature):
 - ``base_agent`` / ``agent``: the multi-turn search loop (``zerosearch.agent.rollout``) with the base
   and the trained policy.
 
-``predict_*`` return one record per question (question, gold, prediction, EM, F1, searches,
-the trajectory text); ``summarize`` turns records into a benchmark's numbers and
-``table`` into the whole table with averages (all, in-domain, out-of-domain).
+``predict_*`` return one record per question (question, gold, prediction, the three metrics,
+searches, the trajectory text); ``summarize`` turns records into a benchmark's numbers,
+``table`` into the whole table with averages (all, in-domain, out-of-domain) and
+``by_source`` into per-data-source numbers plus their average (validation during training).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from zerosearch.protocol import (
     parse_action,
     policy_prompt,
 )
-from zerosearch.rewards import exact_match, f1_score
+from zerosearch.rewards import ANSWER_METRICS, METRIC_LABELS, answer_scores
 
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 
@@ -39,7 +44,7 @@ def _record(row: dict, prediction: str | None, trajectory: str, *, searches: int
             turns: int = 1) -> dict[str, Any]:
     gold = list(row["golden_answers"])
     return {"id": row.get("id"), "question": row["question"], "golden_answers": gold, "prediction": prediction,
-            "em": exact_match(prediction, gold), "f1": f1_score(prediction, gold), "searches": searches,
+            **answer_scores(prediction, gold), "searches": searches,
             "invalid_actions": invalid, "turns": turns, "trajectory": trajectory}
 
 
@@ -49,9 +54,11 @@ def _batches(rows: Sequence[dict], size: int):
 
 
 def predict_agent(model, tokenizer, engine: SearchEngine, rows: Sequence[dict], settings: RolloutSettings, *,
-                  batch_size: int = 64) -> list[dict]:
-    """The search agent, greedy: one record per row."""
-    generator = HFGenerator(model, tokenizer, do_sample=False)
+                  batch_size: int = 64, generator=None) -> list[dict]:
+    """The search agent, greedy: one record per row. ``generator``: a greedy ``rollout.Generator``
+    over ``model`` other than the default ``HFGenerator`` (the trainer's, in its compute dtype
+    or over its vLLM engine)."""
+    generator = generator or HFGenerator(model, tokenizer, do_sample=False)
     model.eval()
     records = []
     with torch.no_grad():
@@ -134,13 +141,12 @@ def _prompt(row: dict, tokenizer, settings: RolloutSettings) -> str:
 
 
 def summarize(records: Sequence[dict]) -> dict[str, float]:
-    """Mean EM, F1, searches; share of rows with an answer; format errors per turn."""
+    """Mean strict EM, substring EM, F1, searches; share of rows with an answer; format errors per turn."""
     n = max(1, len(records))
     turns = max(1, sum(r["turns"] for r in records))
     return {
         "n": len(records),
-        "em": sum(r["em"] for r in records) / n,
-        "f1": sum(r["f1"] for r in records) / n,
+        **{m: sum(r[m] for r in records) / n for m in ANSWER_METRICS},
         "searches": sum(r["searches"] for r in records) / n,
         "answered": sum(r["prediction"] is not None for r in records) / n,
         "format_error_rate": sum(r["invalid_actions"] for r in records) / turns,
@@ -149,7 +155,8 @@ def summarize(records: Sequence[dict]) -> dict[str, float]:
 
 def table(results: dict[str, dict[str, dict[str, float]]], in_domain: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``results[method][benchmark] = summarize(...)`` -> per method: the benchmarks plus
-    ``average`` / ``in_domain`` / ``out_of_domain`` EM and F1 (unweighted means over benchmarks)."""
+    ``average`` / ``in_domain`` / ``out_of_domain`` strict EM, substring EM and F1 (unweighted
+    means over benchmarks)."""
     out: dict[str, dict[str, Any]] = {}
     for method, per_bench in results.items():
         row: dict[str, Any] = {b: {k: round(v, 4) for k, v in s.items()} for b, s in per_bench.items()}
@@ -158,17 +165,43 @@ def table(results: dict[str, dict[str, dict[str, float]]], in_domain: Sequence[s
             "out_of_domain": [b for b in per_bench if b not in in_domain]}
         for name, benches in groups.items():
             if benches:
-                row[name] = {m: round(sum(per_bench[b][m] for b in benches) / len(benches), 4) for m in ("em", "f1")}
+                row[name] = {m: round(sum(per_bench[b][m] for b in benches) / len(benches), 4) for m in ANSWER_METRICS}
         out[method] = row
     return out
 
 
+def headline(tab: dict[str, dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The headline numbers: ``{"metric": metric, <method>: its average of that metric}``."""
+    return {"metric": metric, **{method: row["average"][metric] for method, row in tab.items() if "average" in row}}
+
+
+def by_source(records: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """Records with a ``data_source`` -> per source ``{"n", "em", "substring_em", "f1"}`` and
+    ``average`` (the unweighted mean over sources, as the benchmark table's average)."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r["data_source"], []).append(r)
+    out = {src: {"n": len(rs), **{m: sum(r[m] for r in rs) / len(rs) for m in ANSWER_METRICS}}
+           for src, rs in groups.items()}
+    if out:
+        out["average"] = {"n": len(records), **{m: sum(s[m] for s in out.values()) / len(out) for m in ANSWER_METRICS}}
+    return out
+
+
 def markdown_table(tab: dict[str, dict[str, Any]], benchmarks: Sequence[str], metric: str = "em") -> str:
-    """The table as markdown: rows methods, columns benchmarks then the averages."""
-    extra = [c for c in ("in_domain", "out_of_domain", "average") if any(c in r for r in tab.values())]
+    """The table of one metric as markdown: rows methods, columns benchmarks then the averages."""
+    rows = {m: r for m, r in tab.items() if isinstance(r, dict) and all(isinstance(v, dict) for v in r.values())}
+    extra = [c for c in ("in_domain", "out_of_domain", "average") if any(c in r for r in rows.values())]
     cols = [*benchmarks, *extra]
     lines = [f"| method | {' | '.join(cols)} |", "|---" * (len(cols) + 1) + "|"]
-    for method, row in tab.items():
-        cells = [f"{row[c][metric]:.3f}" if c in row else "" for c in cols]
+    for method, row in rows.items():  # method rows only (not evaluate.json's ``headline``)
+        cells = [f"{row[c][metric]:.3f}" if metric in row.get(c, {}) else "" for c in cols]
         lines.append(f"| {method} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def markdown_tables(tab: dict[str, dict[str, Any]], benchmarks: Sequence[str], headline_metric: str) -> str:
+    """One titled table per answer metric, the headline metric first."""
+    order = [headline_metric, *[m for m in ANSWER_METRICS if m != headline_metric]]
+    return "\n\n".join(f"**{METRIC_LABELS[m]}**{' (headline)' if m == headline_metric else ''}\n\n"
+                        f"{markdown_table(tab, benchmarks, m)}" for m in order)

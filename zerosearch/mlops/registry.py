@@ -82,13 +82,14 @@ class AgentPyfunc(mlflow.pyfunc.PythonModel):
 
 def register_agent(cfg: Config, table: dict[str, Any], tracker: Tracker) -> str | None:
     """Log ``eval.policy`` as an ``AgentPyfunc`` with the BM25 index of the data stage and the
-    config's ``RolloutSettings``, registered as ``eval.registered_model`` with the agent's EM
-    per benchmark as version tags. Returns ``models:/<name>/<version>``, or None when the
+    config's ``RolloutSettings``, registered as ``eval.registered_model`` with the agent's strict
+    and substring EM per benchmark as version tags. Returns ``models:/<name>/<version>``, or None when the
     evaluation has no ``agent`` method or the tracker registers nothing."""
     if "agent" not in cfg.eval.methods:
         return None
     index = cfg.path("data") / "bm25"
-    metrics = {f"evaluate.{k}": v for k, v in flatten(table["agent"]).items() if k.endswith(".em")}
+    metrics = {f"evaluate.{k}": v for k, v in flatten(table["agent"]).items()
+               if k.endswith((".em", ".substring_em"))}
     with tempfile.TemporaryDirectory() as tmp:
         settings_file = Path(tmp) / f"{SETTINGS_ARTIFACT}.json"
         settings_file.write_text(json.dumps(RolloutSettings.from_config(cfg).to_dict(), indent=1), encoding="utf-8")

@@ -62,6 +62,15 @@ normalization is per process. Only the main process writes checkpoints and logs 
 ``train.mixed_precision`` (``auto``: bf16 on CUDA) and ``base.attn_implementation`` (``auto``:
 flash-attn when installed) apply there.
 
+Validation (``train.val_every``, ``validate``): the policy after N updates answers held-out
+questions greedily, for N = 0, every ``val_every`` and ``total_steps``, with the searches of a
+``Validation``'s own engine (never the training engine: the simulator's curriculum and
+counters do not see it). Greedy decoding draws no random number and the RNG states are
+restored after it anyway, so training is the same with validation on or off. Every process
+validates its share of the questions (``rows[rank::N]``), the records are gathered and the
+main process logs per-source and average strict EM, substring EM and F1 (``val_*``) at step N;
+they are kept in ``validations`` and in every checkpoint, so a resumed run keeps them.
+
 Rollouts come from ``train.rollout_backend``: ``hf`` (``zerosearch.lm.generation.HFGenerator``, a
 new one per step over the current weights) or ``vllm`` (``zerosearch.lm.vllm_generator``: one
 engine for the run, the policy's weights loaded into it before every rollout).
@@ -82,6 +91,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from zerosearch.agent.evaluation import by_source, predict_agent
 from zerosearch.agent.rollout import RolloutBatch, RolloutSettings, run_rollouts
 from zerosearch.config import Config
 from zerosearch.lm.generation import HFGenerator
@@ -103,6 +113,7 @@ from zerosearch.rl.checkpoint import (
     latest_checkpoint,
     read_state,
     read_trainer_state,
+    rng_state,
     save_checkpoint,
     set_rng_state,
 )
@@ -121,6 +132,26 @@ from zerosearch.tracker import NullTracker, Tracker
 # per-trajectory means, averaged over processes (each has as many trajectories).
 COUNTED_STATS = ("truncated_observations", "turns_hit_length_limit", "context_limit_stops")
 
+
+
+@dataclass
+class Validation:
+    """Held-out questions (rows with ``data_source``) and the engine answering their searches,
+    an instance of its own (the evaluation's engine), never the training engine."""
+
+    rows: list[dict]
+    engine: SearchEngine
+
+
+def validation_metrics(records: Sequence[dict]) -> dict[str, float]:
+    """Records with ``data_source`` -> ``val_<metric>`` (the mean over sources) and
+    ``val_<source>_<metric>`` for strict EM, substring EM and F1 (``agent.evaluation.by_source``)."""
+    summary = by_source(records)
+    average = summary.pop("average", {})
+    out = {f"val_{m}": v for m, v in average.items() if m != "n"}
+    for source, scores in summary.items():
+        out.update({f"val_{source}_{m}": v for m, v in scores.items() if m != "n"})
+    return out
 
 
 @dataclass
@@ -205,11 +236,13 @@ class RLTrainer:
     """Runs ``cfg.train`` over ``train_rows`` against ``engine``; checkpoints to ``checkpoint_dir``.
 
     ``on_step(step, metrics)`` is called after every step (the stage writes plots with it).
+    ``validation``: what ``train.val_every`` validates on (None: no validation).
     """
 
     def __init__(self, cfg: Config, engine: SearchEngine, train_rows: Sequence[dict], *,
                  checkpoint_dir: str | Path, tracker: Tracker = NullTracker(),
-                 on_step: Callable[[int, dict[str, float]], None] | None = None, accelerator=None):
+                 on_step: Callable[[int, dict[str, float]], None] | None = None, accelerator=None,
+                 validation: Validation | None = None):
         self.cfg, self.t = cfg, cfg.train
         self.spec = ALGORITHMS[self.t.algorithm]
         self.engine, self.rows = engine, list(train_rows)
@@ -223,6 +256,8 @@ class RLTrainer:
         check_deepspeed(self._deepspeed_plugin(), self.t)
         self.reward_fn = get_reward(self.t.reward)
         self.history: list[dict[str, float]] = []
+        self.validation = validation
+        self.validations: list[dict[str, float]] = []  # {"step": N, val_*}: the policy after N updates
         self.start_step = 0
         self.m: Models | None = None
         self._vllm = None  # the vllm rollout engine, created on the first rollout
@@ -256,6 +291,7 @@ class RLTrainer:
                 self.m.critic_scheduler.load_state_dict(trainer_state["critic_scheduler"])
             set_rng_state(trainer_state["rng"])
             self.history = state["history"]
+            self.validations = state.get("validations", [])
             self.start_step = state["step"]
         return self.start_step
 
@@ -359,19 +395,71 @@ class RLTrainer:
     def fit(self, resume: bool = False) -> list[dict[str, float]]:
         """Run from the first step not yet done to ``total_steps``; returns the metric history."""
         start = self.setup(resume)
+        self.validate_if_due(start)  # step 0: the policy before training; on resume, if not done yet
         with progress(f"train {self.t.algorithm}", self.t.total_steps, completed=start) as bar:
             for step in range(start, self.t.total_steps):
                 metrics = self.train_step(step)
                 self.history.append({"step": step, **metrics})
                 if self.accelerator.is_main_process:  # the metrics are over all processes already
                     self.tracker.log_metrics(metrics, step=step)
+                done = step + 1
+                self.validate_if_due(done)  # before the checkpoint, which keeps it
                 if self.on_step:
                     self.on_step(step, metrics)
-                done = step + 1
                 if done % self.t.save_every == 0 or done == self.t.total_steps:
                     self.save(done)
                 bar.update(1, info=f"reward {metrics['reward_mean']:.3f} em {metrics['em']:.3f}")
         return self.history
+
+    def validation_due(self, n: int) -> bool:
+        """Whether the policy after ``n`` updates is validated: ``n`` = 0, a multiple of
+        ``train.val_every`` or ``total_steps`` (never with ``val_every`` 0 or no ``validation``)."""
+        every, total = self.t.val_every, self.t.total_steps
+        return self.validation is not None and every > 0 and n <= total and (n % every == 0 or n == total)
+
+    def validate_if_due(self, n: int) -> dict[str, float] | None:
+        """Validate the policy after ``n`` updates when due and not done yet (a resumed run has
+        the checkpoint's); logs ``val_*`` at step ``n`` and keeps them in ``validations``."""
+        if not self.validation_due(n) or any(v["step"] == n for v in self.validations):
+            return None
+        t0 = time.perf_counter()
+        metrics = self.validate()
+        metrics["val_seconds"] = time.perf_counter() - t0
+        self.validations.append({"step": n, **metrics})
+        if self.accelerator.is_main_process:
+            self.tracker.log_metrics(metrics, step=n)
+        return metrics
+
+    def validate(self) -> dict[str, float]:
+        """The current policy's greedy answers to the validation questions (``validation_metrics``),
+        over all processes: each answers ``rows[rank::N]``. The torch (and CUDA) and Python RNG
+        states are put back after it, and the policy's train/eval mode."""
+        acc, v = self.accelerator, self.validation
+        rows = v.rows[acc.process_index::acc.num_processes]
+        policy = acc.unwrap_model(self.m.policy)
+        was_training, torch_rng, py_rng = policy.training, rng_state(), random.getstate()
+        try:
+            records = predict_agent(policy, self.m.tokenizer, v.engine, rows, self.rollout_settings,
+                                    batch_size=self.cfg.eval.batch_size, generator=self._greedy_generator(policy))
+        finally:
+            set_rng_state(torch_rng)
+            random.setstate(py_rng)
+            policy.train(was_training)
+        records = [{**r, "data_source": row["data_source"]} for r, row in zip(records, rows, strict=True)]
+        if acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            records = gather_object(records)
+        return validation_metrics(records)
+
+    def _greedy_generator(self, policy):
+        """Validation's generator: greedy over ``policy``'s current weights (``hf``: in the
+        rollouts' compute dtype; ``vllm``: the run's engine, weights synced, temperature 0)."""
+        if self.t.rollout_backend == "hf":
+            return HFGenerator(policy, self.m.tokenizer, do_sample=False, dtype=self._compute_dtype())
+        greedy = copy.copy(self.generator(policy))  # generator() loads the current weights into the engine
+        greedy.temperature = 0.0
+        return greedy
 
     def sample_rows(self, step: int) -> list[dict]:
         """This process's prompts of the step: a seeded draw of ``batch_prompts`` without
@@ -650,7 +738,7 @@ class RLTrainer:
         return save_checkpoint(
             self.checkpoint_dir, step, policy=acc.unwrap_model(m.policy), tokenizer=m.tokenizer,
             critic=acc.unwrap_model(m.critic) if m.critic is not None else None, trainer_state=self._trainer_state(),
-            state={"config": self.cfg.model_dump(), "history": self.history})
+            state={"config": self.cfg.model_dump(), "history": self.history, "validations": self.validations})
 
     def _trainer_state(self) -> dict[str, Any]:
         """Optimizer(s) and scheduler state for a checkpoint. Under DeepSpeed the optimizer's

@@ -5,6 +5,8 @@ Run it with ``zerosearch data`` (or ``dvc repro data``); ``run(cfg, tracker)`` i
 
     data/train.parquet            normalized QA rows (schema.QA_COLUMNS)
     data/test/<benchmark>.parquet one file per evaluation benchmark
+    data/val.parquet              hub source with data.validation: zerosearch_test only: the
+                                  ZeroSearch dataset's test.parquet (validation during training)
     data/corpus.jsonl             {id, title, text} documents (tiny world, or data.corpus converted)
     data/bm25/                    the BM25 index over the corpus
     data/world.json               tiny world only: entities and subject roles
@@ -52,6 +54,9 @@ def _hub_files(cfg: Config, out: Path) -> dict[str, Any]:
     skip = cfg.data.skip_malformed
     train, skipped = hub.load_zerosearch_split("train", source=cfg.data.train_source, skip_malformed=skip)
     splits = {"train": train}
+    if cfg.data.validation == "zerosearch_test":
+        splits["val"], n = hub.load_zerosearch_split("test", source=cfg.data.train_source, skip_malformed=skip)
+        skipped += n
     for name in cfg.data.benchmarks:
         rows, n = hub.load_benchmark(name, source=cfg.data.benchmarks_source, skip_malformed=skip)
         splits[name] = rows
@@ -71,8 +76,8 @@ def run(cfg: Config, tracker: Tracker = NullTracker()) -> dict[str, Any]:
     if missing:
         raise ValueError(f"data.benchmarks names {missing}, which the {cfg.data.source} source does not provide")
     for name, rows in built["splits"].items():
-        if name == "train":
-            write_qa_parquet(rows, out / "train.parquet")
+        if name in ("train", "val"):
+            write_qa_parquet(rows, out / f"{name}.parquet")
         elif name in cfg.data.benchmarks:
             write_qa_parquet(rows, out / "test" / f"{name}.parquet")
     stats = dict(built["stats"])

@@ -6,11 +6,16 @@ Methods (``eval.methods``): ``direct`` and ``rag`` with the base policy, ``base_
 base policy searching) and ``agent`` (``eval.policy``, the trained one), greedy, searches
 answered by ``eval.engine`` (served for the stage when it is the simulator).
 
-Writes ``<metrics>/evaluate.json`` (DVC metrics: per method, per benchmark EM/F1/searches/format
-errors, plus average, in-domain and out-of-domain EM/F1), ``<metrics>/evaluate_predictions.jsonl``
-(every question of every method: gold, prediction, searches, the trajectory),
-``<metrics>/evaluate_plots/<benchmark>.png`` (EM per method) and ``train_curves.png``, and logs
-them to the tracker. The evaluate flow then registers the agent in the MLflow model registry
+Every number comes as three answer metrics (``zerosearch.rewards``): ``em`` (strict exact
+match), ``substring_em`` (a gold alias contained in the prediction: the reference's "EM", what
+the paper tables report) and ``f1``; ``eval.headline_metric`` picks the headline one.
+
+Writes ``<metrics>/evaluate.json`` (DVC metrics: per method, per benchmark the three metrics,
+searches and format errors, plus average, in-domain and out-of-domain of the three, and
+``headline``: the headline metric's name and each method's average of it),
+``<metrics>/evaluate_predictions.jsonl`` (every question of every method: gold, prediction, the
+three metrics, searches, the trajectory), ``<metrics>/evaluate_plots/<benchmark>.png`` (the
+headline metric per method, labelled) and ``train_curves.png``, and logs them to the tracker. The evaluate flow then registers the agent in the MLflow model registry
 (``eval.registered_model``) with the same rollout settings.
 """
 
@@ -23,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from zerosearch.agent.evaluation import (
-    markdown_table,
+    headline,
+    markdown_tables,
     predict_agent,
     predict_direct,
     predict_rag,
@@ -35,6 +41,7 @@ from zerosearch.config import Config, flatten
 from zerosearch.data.schema import read_qa_parquet, write_jsonl
 from zerosearch.lm.models import load_model
 from zerosearch.protocol import SearchEngine
+from zerosearch.rewards import METRIC_LABELS
 from zerosearch.search.factory import open_engine
 from zerosearch.tracker import NullTracker, Tracker
 
@@ -75,8 +82,9 @@ def run_methods(cfg: Config, engine, benchmarks: dict[str, list[dict]]) -> tuple
     return results, records
 
 
-def plot_benchmarks(tab: dict[str, dict[str, Any]], benchmarks: list[str], out_dir: Path) -> list[Path]:
-    """One bar chart per benchmark (EM per method) plus one for the average."""
+def plot_benchmarks(tab: dict[str, dict[str, Any]], benchmarks: list[str], out_dir: Path,
+                    metric: str = "em") -> list[Path]:
+    """One bar chart per benchmark (``metric`` per method, labelled with its name) plus one for the average."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,10 +95,10 @@ def plot_benchmarks(tab: dict[str, dict[str, Any]], benchmarks: list[str], out_d
     for bench in [*benchmarks, "average"]:
         methods = [m for m in tab if bench in tab[m]]
         fig, ax = plt.subplots(figsize=(5, 3))
-        ax.bar(methods, [tab[m][bench]["em"] for m in methods], color="#4c72b0")
-        ax.set_ylabel("EM")
+        ax.bar(methods, [tab[m][bench][metric] for m in methods], color="#4c72b0")
+        ax.set_ylabel(METRIC_LABELS[metric])
         ax.set_ylim(0, 1)
-        ax.set_title(f"{bench}: exact match by method")
+        ax.set_title(f"{bench}: {METRIC_LABELS[metric]} by method")
         fig.tight_layout()
         path = out_dir / f"{bench}.png"
         fig.savefig(path, dpi=100)
@@ -99,25 +107,34 @@ def plot_benchmarks(tab: dict[str, dict[str, Any]], benchmarks: list[str], out_d
     return paths
 
 
-def plot_training(curve_csv: Path, out: Path) -> Path | None:
-    """Reward, EM, searches and KL per training step from the train stage's curve."""
-    if not curve_csv.exists():
-        return None
-    with open(curve_csv, encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_training(curve_csv: Path, out: Path, validation_csv: Path | None = None, metric: str = "em") -> Path | None:
+    """Reward, strict EM, searches and KL per training step from the train stage's curve, and
+    validation's ``metric`` (average over data sources, greedy) when ``validation_csv`` has rows."""
+    rows = _read_csv(curve_csv)
     if not rows:
         return None
+    validations = _read_csv(validation_csv) if validation_csv is not None else []
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = [int(r["step"]) for r in rows]
-    panels = [("reward_mean", "reward"), ("em", "EM (train rollouts)"), ("searches_per_trajectory", "searches"),
-              ("kl", "KL to reference")]
+    panels = [(rows, "reward_mean", "reward"), (rows, "em", "strict EM (train rollouts)"),
+              (rows, "searches_per_trajectory", "searches"), (rows, "kl", "KL to reference")]
+    if validations and f"val_{metric}" in validations[0]:
+        panels.append((validations, f"val_{metric}", f"validation {METRIC_LABELS[metric]} (greedy)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3))
-    for ax, (key, label) in zip(axes, panels, strict=True):
-        ax.plot(steps, [float(r.get(key) or 0) for r in rows])
+    for ax, (source, key, label) in zip(axes, panels, strict=True):
+        xs = steps if source is rows else [int(r["step"]) for r in source]
+        ax.plot(xs, [float(r.get(key) or 0) for r in source], marker="o" if source is not rows else None)
         ax.set_title(label)
         ax.set_xlabel("step")
     fig.tight_layout()
@@ -128,7 +145,8 @@ def plot_training(curve_csv: Path, out: Path) -> Path | None:
 
 
 def run(cfg: Config, tracker: Tracker = NullTracker(), engine: SearchEngine | None = None) -> dict[str, Any]:
-    """The whole stage; returns the table (what ``evaluate.json`` holds), ``markdown`` and
+    """The whole stage; returns the ``table``, ``metrics`` (what ``evaluate.json`` holds: the
+    table plus ``headline``), ``markdown`` (a titled table per metric, the headline first) and
     ``seconds``. ``engine`` overrides ``eval.engine`` (tests). Registering the trained agent
     in MLflow is the flow's next task (``zerosearch.mlops.registry.register_agent``)."""
     t0 = time.perf_counter()
@@ -138,11 +156,15 @@ def run(cfg: Config, tracker: Tracker = NullTracker(), engine: SearchEngine | No
                      log_path=cfg.path("models") / "simulator_server.log") if engine is None else contextlib.nullcontext(engine) as eng:
         results, records = run_methods(cfg, eng, benchmarks)
     tab = table(results, cfg.data.in_domain)
+    metric = cfg.eval.headline_metric
+    metrics = {**tab, "headline": headline(tab, metric)}
     write_jsonl(records, metrics_dir / "evaluate_predictions.jsonl")
-    plots = plot_benchmarks(tab, list(benchmarks), metrics_dir / "evaluate_plots")
-    curves = plot_training(metrics_dir / "train_curve.csv", metrics_dir / "evaluate_plots" / "train_curves.png")
-    tracker.log_metrics({f"evaluate.{k}": v for k, v in flatten(tab).items() if isinstance(v, (int, float))})
+    plots = plot_benchmarks(tab, list(benchmarks), metrics_dir / "evaluate_plots", metric)
+    curves = plot_training(metrics_dir / "train_curve.csv", metrics_dir / "evaluate_plots" / "train_curves.png",
+                           metrics_dir / "train_validation.csv", metric)
+    tracker.log_metrics({f"evaluate.{k}": v for k, v in flatten(metrics).items() if isinstance(v, (int, float))})
     for path in [*plots, curves, metrics_dir / "evaluate_predictions.jsonl"]:
         if path is not None:
             tracker.log_artifact(path)
-    return {"table": tab, "markdown": markdown_table(tab, list(benchmarks)), "seconds": time.perf_counter() - t0}
+    return {"table": tab, "metrics": metrics, "markdown": markdown_tables(tab, list(benchmarks), metric),
+            "seconds": time.perf_counter() - t0}

@@ -8,7 +8,11 @@
 bring the gold answer more often than noisy ones, else the stage fails at once, before any
 model loads). Writes the trained policy to ``<models>/policy`` (HF format; LoRA merged),
 checkpoints to ``<models>/train_checkpoints/step_N``, the per-step curve to
-``<metrics>/train_curve.csv`` (DVC plots) and the run summary to ``<metrics>/train.json``.
+``<metrics>/train_curve.csv`` (DVC plots), the validations (``train.val_every``) to
+``<metrics>/train_validation.csv`` (one row per validated step N, the policy after N updates;
+only the header when validation is off) and the run summary to ``<metrics>/train.json``.
+Validation answers ``data.validation``'s questions with a separate instance of
+``eval.engine`` (a real engine: bm25, dense or web).
 Under ``accelerate launch`` / ``torchrun`` every process trains on its share of each step; the
 main process alone serves the simulator and writes those outputs.
 """
@@ -29,8 +33,9 @@ from zerosearch.config import Config
 from zerosearch.data.schema import read_qa_parquet
 from zerosearch.lm.models import save_model
 from zerosearch.protocol import SearchEngine
+from zerosearch.rewards import ANSWER_METRICS
 from zerosearch.rl.launch import build_accelerator
-from zerosearch.rl.trainer import RLTrainer
+from zerosearch.rl.trainer import RLTrainer, Validation
 from zerosearch.search.factory import (
     make_engine,
     needs_simulator,
@@ -45,6 +50,61 @@ log = logging.getLogger(__name__)
 # Columns of the plots file, in order (a resumed run rewrites it from the checkpoint history).
 CURVE_COLUMNS = ("step", "reward_mean", "em", "response_tokens", "searches_per_trajectory", "noisy_fraction",
                  "kl", "entropy", "clip_fraction", "grad_norm", "value_loss", "step_seconds", "tokens_per_s")
+
+
+def validation_rows(cfg: Config) -> list[dict]:
+    """``data.validation``'s questions: the benchmark test files (``data_source`` = the
+    benchmark) or the data stage's ``val.parquet``; the first ``train.val_max_samples`` of each
+    data source (0: all), in file order."""
+    data = cfg.path("data")
+    if cfg.data.validation == "zerosearch_test":
+        rows = read_qa_parquet(data / "val.parquet")
+    else:
+        rows = [{**r, "data_source": name} for name in cfg.data.benchmarks
+                for r in read_qa_parquet(data / "test" / f"{name}.parquet")]
+    cap, kept, seen = cfg.train.val_max_samples, [], {}
+    for r in rows:
+        seen[r["data_source"]] = seen.get(r["data_source"], 0) + 1
+        if not cap or seen[r["data_source"]] <= cap:
+            kept.append(r)
+    return kept
+
+
+def validation(cfg: Config) -> Validation | None:
+    """What ``train.val_every`` validates on, None when it is 0. The engine is ``eval.engine``,
+    built here for this process alone (never the training engine); engines that need a
+    simulator server are refused (validation would need a second server per process)."""
+    if not cfg.train.val_every:
+        return None
+    if needs_simulator(cfg.eval.engine):
+        raise ValueError(f"train.val_every={cfg.train.val_every} validates with eval.engine, which is "
+                         f"{cfg.eval.engine!r}: validation needs a real engine (bm25, dense, web); "
+                         "set eval.engine to one or train.val_every=0")
+    rows = validation_rows(cfg)
+    if not rows:
+        raise ValueError(f"train.val_every={cfg.train.val_every} but data.validation ({cfg.data.validation}) "
+                         "has no questions")
+    try:
+        engine = make_engine(cfg, cfg.eval.engine)
+    except ValueError as e:  # e.g. the web engine without its API key: say why training needs it
+        raise ValueError(f"validation (train.val_every={cfg.train.val_every}) searches with eval.engine="
+                         f"{cfg.eval.engine}: {e}; or set train.val_every=0") from e
+    return Validation(rows, engine)
+
+
+def validation_table(validations: list[dict[str, float]]) -> list[dict[str, Any]]:
+    """The rows of ``train_validation.csv``: step, then every ``val_*`` value (6 decimals)."""
+    return [{k: (v if k == "step" else round(float(v), 6)) for k, v in row.items()} for row in validations]
+
+
+def final_validation(cfg: Config, validations: list[dict[str, float]]) -> dict[str, Any] | None:
+    """train.json's ``val``: the last validation's step, headline (``eval.headline_metric``) and
+    average strict EM, substring EM and F1; None without validations."""
+    if not validations:
+        return None
+    last, metric = validations[-1], cfg.eval.headline_metric
+    return {"step": last["step"], "headline_metric": metric, "headline": last[f"val_{metric}"],
+            **{m: last[f"val_{m}"] for m in ANSWER_METRICS}}
 
 
 def checkpoint_dir(cfg: Config) -> Path:
@@ -130,19 +190,24 @@ def run(cfg: Config, tracker: Tracker = NullTracker(), *, resume: bool = False,
         shutil.rmtree(ckpts)  # a fresh run must not mix with an old run's checkpoints
     accelerator.wait_for_everyone()
     curve_path = cfg.path("metrics") / "train_curve.csv"
+    validation_path = cfg.path("metrics") / "train_validation.csv"
+    held_out = validation(cfg)  # before the engine is served: a bad validation setup fails first
     with contextlib.ExitStack() as stack:
         if engine is None:
             engine = stack.enter_context(shared_engine(cfg, accelerator, rows=rows, tracker=tracker,
                                                        log_path=cfg.path("models") / "simulator_server.log"))
-        trainer = RLTrainer(cfg, engine, rows, checkpoint_dir=ckpts, tracker=tracker, accelerator=accelerator)
+        trainer = RLTrainer(cfg, engine, rows, checkpoint_dir=ckpts, tracker=tracker, accelerator=accelerator,
+                            validation=held_out)
 
         def on_step(step: int, metrics: dict[str, float]) -> None:
             if main:
                 write_csv([curve_row(h["step"], h) for h in trainer.history], curve_path)
+                write_csv(validation_table(trainer.validations), validation_path)
 
         trainer.on_step = on_step
         history = trainer.fit(resume=resume)
     if main:
+        write_csv(validation_table(trainer.validations), validation_path)  # also when no step ran (resume at the end)
         save_model(trainer.final_policy(), trainer.m.tokenizer, policy_dir(cfg))
     accelerator.wait_for_everyone()
     last = history[-min(5, len(history)):]
@@ -154,5 +219,6 @@ def run(cfg: Config, tracker: Tracker = NullTracker(), *, resume: bool = False,
         "first_reward_mean": history[0]["reward_mean"] if history else 0.0,
         "seconds": time.perf_counter() - t0,
         "stats": getattr(engine, "stats", None) and dict(engine.stats),
+        "val": final_validation(cfg, trainer.validations),
     }
     return {k: v for k, v in summary.items() if v is not None}
