@@ -1,26 +1,46 @@
 # The two commands a new user needs:  make run  (the whole pipeline)  and  make test.
 # Both create .venv and install the project first. On CPU machines torch is pinned to the
-# CPU wheel (an unpinned torch pulls several GB of CUDA packages); on GPU machines the training
-# env is  make install TORCH_SPEC=torch EXTRAS=dev,dense,deepspeed,vllm  then
-# .venv/bin/pip install flash-attn --no-build-isolation, and the simulator server gets its own
-# env:  make install VENV=.venv-sglang TORCH_SPEC=torch EXTRAS=sglang  (README "Going to GPUs").
+# CPU wheel (an unpinned torch pulls several GB of CUDA packages) and every other dependency to
+# the exact versions of requirements/cpu.lock (the tested set; `make lock` refreshes it). On GPU
+# machines the training env is  make install LOCK= TORCH_SPEC=torch EXTRAS=dev,dense,deepspeed,vllm
+# then .venv/bin/pip install flash-attn --no-build-isolation, and the simulator server gets its
+# own env:  make install LOCK= VENV=.venv-sglang TORCH_SPEC=torch EXTRAS=sglang  (README "Going to GPUs").
 VENV ?= .venv
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,dense
+# Exact versions for everything but torch ('' to resolve from pyproject.toml's ranges instead).
+LOCK ?= requirements/cpu.lock
 BIN := $(abspath $(VENV))/bin
 # Prefect's temporary local server: no telemetry (it only adds sqlite lock noise offline).
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install run test test-slow clean mlflow-ui prefect-ui deploy browser-deps
+.PHONY: install lock run test test-slow clean mlflow-ui prefect-ui deploy browser-deps
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	$(if $(LOCK),$(BIN)/python -m pip install -q -r $(LOCK))
+	$(BIN)/python -m pip install -q $(if $(LOCK),--no-deps) -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip check
 	touch $@
+
+# Refresh requirements/cpu.lock: the newest versions pyproject.toml allows (torch stays
+# TORCH_SPEC's and is left out), resolved by uv for Linux x86_64, Python 3.11, against the CPU
+# torch wheel (PyTorch's CPU index; where that is unreachable but a local wheel exists:
+# make lock TORCH_SOURCE="--find-links DIR"). Then make install && make test && make run, and
+# commit the lock with the results.
+TORCH_SOURCE ?= --torch-backend cpu
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv
+	echo "$(TORCH_SPEC)" > $(VENV)/torch-constraint.txt
+	{ sed -n '1,3p' requirements/cpu.lock; $(BIN)/uv pip compile pyproject.toml --extra dev --extra dense \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 -c $(VENV)/torch-constraint.txt $(TORCH_SOURCE) \
+	  --no-emit-package torch --no-header --no-annotate --quiet; } > requirements/cpu.lock.new
+	mv requirements/cpu.lock.new requirements/cpu.lock
 
 # The whole pipeline on params.yaml (the tiny CPU world by default); stages already up to date are skipped.
 run: install
