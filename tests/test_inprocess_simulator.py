@@ -269,3 +269,17 @@ def test_sft_pair_collection_is_seeded_from_base_seed(micro_world, searcher):
     first = pairs(1)
     assert len(first) >= 3 and pairs(2) == first
     assert pairs(1, "base.seed=7") != first
+
+
+@pytest.mark.slow
+def test_training_through_the_served_simulator_still_works(micro_world, searcher, tmp_path):
+    """simulator.backend: transformers (the served path GPUs take with sglang / vLLM): the
+    train stage serves the simulator with `transformers serve`, searches go over HTTP."""
+    from zerosearch.stages import train as train_stage
+
+    cfg = _sim_cfg(micro_world, tmp_path, searcher, "simulator.backend=transformers", "train.total_steps=2",
+                   "simulator.startup_timeout=240")
+    summary = train_stage.run(cfg)
+    assert summary["engine"] == "simulated" and summary["stats"]["queries"] > 0
+    assert len(_curve(tmp_path / "metrics" / "train_curve.csv")) == 2
+    assert (tmp_path / "models" / "simulator_server.log").exists()
