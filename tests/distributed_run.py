@@ -10,7 +10,10 @@ rewards, rollout statistics and update statistics; which process wrote which out
 rollouts of that step get an all-zero loss mask (every micro-batch of its update has weight 0).
 ``--stop-after N``: the run stops (as if interrupted) right after the checkpoint of step N.
 ``serve``: ``shared_engine`` with the simulated engine over ``tests/fake_server.py`` (``--server-mode
-exit``: a server that fails to start): the URL each process got. Each process writes ``O/rank<i>.json``.
+exit``: a server that fails to start): the URL each process got. ``inprocess``: ``shared_engine``
+with ``simulator.backend: inprocess`` on the micro world's base simulator, probed on the training
+questions: the completer's rank, what it writes for a fixed call seed, or the error. Each
+process writes ``O/rank<i>.json``.
 """
 
 from __future__ import annotations
@@ -150,9 +153,29 @@ def serve(args) -> dict:
     return record
 
 
+def inprocess(args) -> dict:
+    from zerosearch.data.schema import read_qa_parquet
+
+    cfg = micro_config(Path(args.root), "train.engine=simulated", "simulator.backend=inprocess",
+                       "simulator_sft.enabled=false", "simulator.max_tokens=16", "simulator.probe.n_questions=4",
+                       *args.set)
+    accelerator = launch.build_accelerator(cfg.train)
+    record = {"rank": accelerator.process_index}
+    rows = read_qa_parquet(cfg.path("data") / "train.parquet")
+    try:
+        with train_stage.shared_engine(cfg, accelerator, log_path=cfg.path("models") / "unused.log",
+                                       rows=rows) as engine:
+            record["completer_rank"] = engine.completer.rank
+            record["texts"] = engine.completer.complete(["Doc 1:", "Query: velora"], max_tokens=16,
+                                                        temperature=1.0, seed=5)
+    except Exception as err:  # noqa: BLE001 (the record names it; the test checks which)
+        record["error"] = f"{type(err).__name__}: {err}"
+    return record
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["train", "serve"])
+    ap.add_argument("mode", choices=["train", "serve", "inprocess"])
     ap.add_argument("--root", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--set", nargs="*", default=[])
@@ -162,7 +185,7 @@ def main() -> None:
     ap.add_argument("--zero-step", type=int, default=-1)
     ap.add_argument("--server-mode", default="ok", help="serve: the fake server's --mode")
     args = ap.parse_args()
-    record = train(args) if args.mode == "train" else serve(args)
+    record = {"train": train, "serve": serve, "inprocess": inprocess}[args.mode](args)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"rank{record['rank']}.json").write_text(json.dumps(record, indent=1))
 

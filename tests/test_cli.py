@@ -73,10 +73,11 @@ def test_serve_binds_the_host_given(tmp_path, monkeypatch):
 
     monkeypatch.setattr(serving, "serve_simulator", fake_serve)
     monkeypatch.setattr("zerosearch.cli.time.sleep", stop)
-    result = CliRunner().invoke(app, ["serve", "--params", str(params), "--host", "0.0.0.0"])
+    served = ["--set", "simulator.backend=transformers"]  # the tiny default, inprocess, has nothing to serve
+    result = CliRunner().invoke(app, ["serve", "--params", str(params), *served, "--host", "0.0.0.0"])
     assert result.exit_code == 0, result.output
     assert [s.host for s in specs] == ["0.0.0.0"] and "http://0.0.0.0:6001/v1" in result.output
-    CliRunner().invoke(app, ["serve", "--params", str(params)])
+    CliRunner().invoke(app, ["serve", "--params", str(params), *served])
     assert specs[-1].host == "127.0.0.1"
 
 

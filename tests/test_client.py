@@ -15,6 +15,7 @@ from zerosearch.search.client import (
     SimulatorClient,
     SimulatorRequestError,
     SimulatorUnavailableError,
+    request_seed,
 )
 
 STALL = object()  # a responder returning this makes the server hang until teardown
@@ -119,8 +120,11 @@ def test_results_in_input_order(serve):
         assert c.requests == 40 and c.complete([], max_tokens=1, temperature=0) == []
     path, body = server.calls[0]
     assert path == "/v1/completions"
-    assert {k: body[k] for k in ("model", "max_tokens", "temperature", "top_p", "seed")} == {
-        "model": "m", "max_tokens": 16, "temperature": 1.0, "top_p": 0.9, "seed": 3}
+    assert {k: body[k] for k in ("model", "max_tokens", "temperature", "top_p")} == {
+        "model": "m", "max_tokens": 16, "temperature": 1.0, "top_p": 0.9}
+    # one seed per request, derived from the call's seed and the prompt's index
+    seeds = {b["prompt"]: b["seed"] for _, b in server.calls}
+    assert seeds == {p: request_seed(3, i) for i, p in enumerate(prompts)}
 
 
 def test_chat_api_sends_one_user_message(serve):

@@ -64,6 +64,24 @@ def test_a_simulator_that_fails_to_start_fails_every_process_without_a_hang(tmp_
     assert "[rank1]: zerosearch.serving.ServerStartError: the main process could not serve the simulator" in done.stderr
 
 
+@pytest.mark.slow
+def test_with_the_inprocess_simulator_every_process_loads_its_own_and_a_failed_probe_stops_all(micro_world,
+                                                                                               tmp_path):
+    """No server: each process its own simulator, its RNG seeded with its rank too (the same
+    call seed writes different documents on the two processes); the main process probes it
+    and a failed probe fails both, without a hang."""
+    ok = ["simulator.probe.min_gap=0.0"]
+    done, records = launch(2, "inprocess", "--root", str(micro_world), "--out", str(tmp_path / "ok"), "--set", *ok)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r.get("completer_rank") for r in records] == [0, 1], records
+    assert records[0]["texts"] != records[1]["texts"]
+    fail = ["simulator.probe.min_gap=1.0"]  # the untrained simulator cannot pass it
+    done, records = launch(2, "inprocess", "--root", str(micro_world), "--out", str(tmp_path / "fail"), "--set", *fail)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert records[0]["error"].startswith("SimulatorProbeError: simulator probe failed")
+    assert records[1]["error"].startswith("SimulatorProbeError: the main process's simulator probe failed")
+
+
 TRAIN = ["train.engine=bm25", "train.total_steps=4", "train.save_every=3", "train.lr=0.001",
          "train.warmup_ratio=0.9",  # warmup ceil(3.6) = 4 steps: the LR differs after every step
          "train.kl_coef=0.01", "train.batch_prompts=4", "train.group_size=2", "train.mini_batch_size=4",

@@ -20,6 +20,8 @@ def test_make_engine_by_name(tmp_path):
     hybrid = make_engine(cfg, "hybrid", simulator_url="http://127.0.0.1:9/v1")
     assert isinstance(hybrid, HybridEngine) and hybrid.real_fraction == cfg.simulator.hybrid_real_fraction
     with pytest.raises(ValueError, match="needs a simulator server URL"):
+        make_engine(micro_config(tmp_path, "simulator.backend=transformers"), "simulated")
+    with pytest.raises(FileNotFoundError):  # inprocess (the default) loads the simulator, here not built
         make_engine(cfg, "simulated")
     with pytest.raises(ValueError, match="unknown engine 'google'"):
         make_engine(cfg, "google")
@@ -42,5 +44,8 @@ def test_prompt_mode_uses_chat_and_paper_presets_serve_the_released_simulator(tm
                                     "simulator.server_args=[--gpu-memory-utilization, '0.85']"))
     assert server_command(vllm, 6001)[-2:] == ["--gpu-memory-utilization", "0.85"]
     assert vllm.env == {"CUDA_VISIBLE_DEVICES": "3"}  # a YAML int, the variable's text
-    tiny = server_spec(cfg)
+    assert cfg.simulator.backend == "inprocess"  # the tiny default: nothing to serve
+    with pytest.raises(ValueError, match="no server to start"):
+        server_spec(cfg)
+    tiny = server_spec(micro_config(tmp_path, "simulator.backend=transformers"))
     assert tiny.backend == "transformers" and "--continuous-batching" in tiny.extra_args and tiny.env is None

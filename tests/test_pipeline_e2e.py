@@ -1,7 +1,8 @@
 """End to end: `dvc repro` on a fresh copy of the repository (the real tiny world; model
-training shortened in the copy's params.yaml so the whole pipeline, the served simulator
+training shortened in the copy's params.yaml so the whole pipeline, the in-process simulator
 included, runs in a few minutes on 2 cores), then a second `dvc repro` that has nothing to do,
-and a search answered by the served simulator. Marked slow: `make test-slow` / `pytest -m slow`.
+and a search answered by the SFT simulator served by `transformers serve`. Marked slow:
+`make test-slow` / `pytest -m slow`.
 The full-length defaults are what `make run` runs."""
 
 import json
@@ -86,7 +87,7 @@ def test_dvc_repro_builds_everything_then_has_nothing_to_do(reproduced):
         assert model.config.model_type == "qwen2"
     sft = json.loads((repo / "metrics" / "simulator_sft.json").read_text())
     assert sft["pairs_train"] > 0 and (repo / "models" / "simulator_sft" / "sft_heldout.jsonl").exists()
-    # train: against the simulator served for the stage (the default engine), checkpointed
+    # train: against the in-process simulator (the default engine and backend), checkpointed
     train = json.loads((repo / "metrics" / "train.json").read_text())
     assert train["engine"] == "simulated" and train["steps"] == 3 and train["stats"]["queries"] > 0
     assert AutoModelForCausalLM.from_pretrained(repo / "models" / "policy").config.model_type == "qwen2"
@@ -130,7 +131,7 @@ def test_stage_runs_are_in_mlflow_under_one_parent(reproduced):
 def test_served_simulator_answers_searches(reproduced):
     """`zerosearch serve --check`: transformers serve with the SFT simulator, one search."""
     repo, env = reproduced
-    out = run(["zerosearch", "serve", "--check"], repo, env)
+    out = run(["zerosearch", "serve", "--check", "--set", "simulator.backend=transformers"], repo, env)
     assert "/v1" in out
     n_docs = int(out.split("check: ")[1].split(" documents")[0])
     assert n_docs >= 1

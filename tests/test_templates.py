@@ -11,6 +11,8 @@ import pytest
 from tests.conftest import REPO, micro_config
 from tests.test_client import Server
 from zerosearch.config import ConfigError, load_config
+from zerosearch.search.client import request_seed
+from zerosearch.search.curriculum import mix_seed
 from zerosearch.search.factory import make_engine, simulator_template
 from zerosearch.search.templates import (
     PROMPTS_DIR,
@@ -183,6 +185,11 @@ GOLDEN_USEFUL = (
 )
 
 
+def first_request_seed(cfg) -> int:
+    """The seed sent with the first request of the first search call at step 0."""
+    return request_seed(mix_seed(cfg.base.seed, 0, 1), 0)
+
+
 @pytest.mark.parametrize("noisy", [False, True])
 def test_golden_released_simulator_request(docs_server, noisy):
     """configs/paper/base.yaml (the released SearchSimulation_14B, zerosearch-sft): the exact
@@ -199,13 +206,15 @@ def test_golden_released_simulator_request(docs_server, noisy):
         "messages": [{"role": "system", "content": ""}, {"role": "user", "content": expected}],
         "max_tokens": 600,
         "temperature": 0.8,
+        "seed": first_request_seed(cfg),  # ours: the reference sends none
     })]
     assert [d.text for d in docs] == [f"document number {i} about Wilhelm Conrad Röntgen." for i in range(1, 6)]
     assert {d.noisy for d in docs} == {noisy}
 
 
 def test_the_tiny_worlds_request_is_unchanged(docs_server, tmp_path):
-    """params.yaml: ours-sft as a raw completion, temperature 1.0, top_p 1.0, 200 tokens."""
+    """params.yaml: ours-sft as a raw completion, temperature 1.0, top_p 1.0, 200 tokens (sent
+    this way when served: the tiny default is inprocess)."""
     cfg = micro_config(tmp_path)
     engine = make_engine(cfg, "simulated", simulator_url=docs_server.url)
     engine.search(["velora country"], questions=["Where is Velora?"], answers=[["Zandoria"]], step=0)
@@ -213,5 +222,5 @@ def test_the_tiny_worlds_request_is_unchanged(docs_server, tmp_path):
         "model": str(Path(cfg.path("models")) / "simulator_sft"),
         "prompt": "Simulate a search engine. Write useful documents for the query.\n"
                   "Question: Where is Velora?\nAnswer: Zandoria\nQuery: velora country\nDocuments (useful):\n",
-        "max_tokens": 200, "temperature": 1.0, "top_p": 1.0,
+        "max_tokens": 200, "temperature": 1.0, "top_p": 1.0, "seed": first_request_seed(cfg),
     })]

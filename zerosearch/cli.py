@@ -7,6 +7,7 @@ Every stage command takes ``--params FILE`` (a preset is a params file) and repe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -192,9 +193,17 @@ def serve(
                                            "(set simulator.backend=url and simulator.url=http://THIS_NODE:PORT/v1 "
                                            "there); the default keeps it on this machine.")] = "127.0.0.1",
 ) -> None:
-    """Serve the simulator (transformers serve on CPU, sglang/vLLM on GPUs, per params) until Ctrl-C."""
+    """Serve the simulator (transformers serve, sglang or vLLM, per simulator.backend) until Ctrl-C.
+    With simulator.backend=inprocess (the CPU default) there is no server: pass
+    --set simulator.backend=transformers to serve the same simulator."""
     cfg = _config(params, set)
     import dataclasses
+
+    if cfg.simulator.backend == "inprocess":
+        err.print("[red]error:[/red] simulator.backend is inprocess: training loads the simulator in its own "
+                  "process, so there is nothing to serve. To serve it over HTTP (e.g. for another machine), "
+                  "pass --set simulator.backend=transformers (or sglang / vllm).", highlight=False)
+        raise typer.Exit(2)
 
     from zerosearch.search.factory import make_engine, server_spec
     from zerosearch.serving import ServerStartError, serve_simulator
@@ -246,8 +255,9 @@ def simulator_probe(
         err.print(f"[red]error:[/red] no training questions at {train_file}: run `zerosearch data` first")
         raise typer.Exit(2)
     rows = read_qa_parquet(train_file)
+    served = cfg.simulator.backend != "inprocess"  # inprocess: probe_from_config loads the simulator here
     try:
-        with simulator_urls(cfg) as url:
+        with simulator_urls(cfg) if served else contextlib.nullcontext(None) as url:
             result = probe_from_config(cfg, url, rows, n_questions=n)
     except (ServerStartError, SimulatorUnavailableError, TemplateError) as e:
         err.print(f"[red]error:[/red] {e}", highlight=False)

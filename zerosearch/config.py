@@ -204,7 +204,7 @@ class SimulatorSection(_Section):
     prompt_template_file: str | None
     api: Literal["completions", "chat"]
     system_message: str | None
-    backend: Literal["transformers", "sglang", "vllm", "url"]
+    backend: Literal["inprocess", "transformers", "sglang", "vllm", "url"]
     url: str | Annotated[list[str], Field(min_length=1)] | None
     tp: PositiveInt
     dp: PositiveInt
@@ -222,6 +222,13 @@ class SimulatorSection(_Section):
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None
     curriculum: CurriculumSection
     probe: SimulatorProbeSection
+
+    @model_validator(mode="after")
+    def _inprocess_has_no_cache(self) -> SimulatorSection:
+        if self.backend == "inprocess" and self.cache_dir is not None:
+            raise ValueError("simulator.cache_dir caches a served simulator's HTTP completions; the inprocess "
+                             "backend has none: set cache_dir: null or a served backend")
+        return self
 
     @model_validator(mode="after")
     def _system_message_needs_chat(self) -> SimulatorSection:

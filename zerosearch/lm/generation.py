@@ -28,6 +28,12 @@ Rows are left-aligned to a shared width the usual way: each row's cached tokens 
 tokens are placed right-aligned, padding is not a real column, and position ids are given
 explicitly (count of the row's real tokens), so gaps change nothing.
 Greedy output equals ``model.generate`` (tests/test_generation.py).
+
+Two options serve the in-process simulator (``zerosearch.search.local.InProcessCompleter``) and
+change nothing when left at their defaults: ``generator`` (a ``torch.Generator`` the sampling
+draws from instead of torch's global RNG) and ``stop_at_tags=False`` (rows stop at EOS or
+``max_new_tokens`` only, not at ``</search>`` / ``</answer>``); ``top_k`` applies a top-k filter
+between temperature and top-p, as ``model.generate`` orders them.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers.generation.logits_process import TopPLogitsWarper
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from zerosearch.lm.kv_forward import KVBuffers, step_function
 from zerosearch.protocol import stop_markers
@@ -62,15 +68,20 @@ class _KeptCache:
 
 class HFGenerator:
     """``rollout.Generator`` over a transformers causal LM: batched, sampling or greedy, KV
-    cache kept per trajectory key across turns (``reuse_cache``)."""
+    cache kept per trajectory key across turns (``reuse_cache``). ``generator``: the RNG sampling
+    draws from (None: torch's global one); ``stop_at_tags=False``: stop at EOS or the token
+    budget only; ``top_k`` > 0: keep the k likeliest tokens (0: all)."""
 
     def __init__(self, model, tokenizer, *, temperature: float = 1.0, top_p: float = 1.0, do_sample: bool = True,
-                 reuse_cache: bool = True, dtype: torch.dtype | None = None):
+                 reuse_cache: bool = True, dtype: torch.dtype | None = None,
+                 generator: torch.Generator | None = None, stop_at_tags: bool = True, top_k: int = 0):
         self.model, self.tokenizer = model, tokenizer
         self.do_sample, self.temperature, self.reuse_cache = do_sample, temperature, reuse_cache
+        self.generator = generator
+        self.top_k = TopKLogitsWarper(top_k) if do_sample and top_k > 0 else None
         # nucleus sampling (the paper's 0.95); at 1.0 no warper, so sampling is the plain softmax draw
         self.top_p = TopPLogitsWarper(top_p) if do_sample and top_p < 1.0 else None
-        self.stop_ids, self.stop_strings = stop_markers(tokenizer)
+        self.stop_ids, self.stop_strings = stop_markers(tokenizer) if stop_at_tags else ([tokenizer.eos_token_id], [])
         self._can_end_stop: dict[int, bool] = {}  # token id -> its text holds a stop string's last character
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.step = step_function(model, dtype)  # dtype: the compute dtype of a Llama-layout decoder
@@ -117,9 +128,11 @@ class HFGenerator:
             return logits.argmax(-1)
         if self.temperature != 1.0:
             logits = logits / self.temperature
+        if self.top_k is not None:
+            logits = self.top_k(None, logits)
         if self.top_p is not None:
             logits = self.top_p(None, logits)
-        return sample_categorical(torch.softmax(logits, -1))
+        return sample_categorical(torch.softmax(logits, -1), self.generator)
 
     def _stops(self, ids: list[int], max_new: int) -> bool:
         if ids[-1] in self.stop_ids or len(ids) >= max_new:
@@ -248,9 +261,10 @@ class _Batch:
         self.stopped = self.stopped[rows]
 
 
-def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One index per row of ``probs`` (rows, n), drawn with probability ``probs`` (rows need not sum
-    to 1 exactly): the inverse CDF at one uniform draw per row. ``torch.multinomial`` draws an
+    to 1 exactly): the inverse CDF at one uniform draw per row, from ``generator`` (None: torch's
+    global RNG, ``torch.rand_like``). ``torch.multinomial`` draws an
     exponential per entry, which on CPU took 0.7 ms for 32 rows of 1024 (most of a decode step's
     sampling); this takes about 0.05 ms. A zero-probability entry is never drawn: the draw stays
     below the row's total, and the first CDF entry above it is one where the CDF rose."""
@@ -259,7 +273,9 @@ def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
     if not (torch.isfinite(total).all() and (total > 0).all()):
         raise ValueError("cannot sample: a row of next-token probabilities is not finite or sums to 0 "
                          "(NaN or -inf logits from the model)")
-    u = torch.minimum(torch.rand_like(total) * total, torch.nextafter(total, torch.zeros_like(total)))
+    draw = torch.rand_like(total) if generator is None else torch.rand(
+        total.shape, generator=generator, dtype=total.dtype, device=total.device)
+    u = torch.minimum(draw * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, u, right=True).squeeze(-1)
 
 

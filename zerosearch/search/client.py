@@ -20,7 +20,15 @@ from typing import Literal
 
 import httpx
 
-__all__ = ["SimulatorClient", "SimulatorRequestError", "SimulatorUnavailableError"]
+from zerosearch.search.curriculum import mix_seed
+
+__all__ = ["SimulatorClient", "SimulatorRequestError", "SimulatorUnavailableError", "request_seed"]
+
+
+def request_seed(seed: int, index: int) -> int:
+    """The ``seed`` sent with request ``index`` of a call seeded ``seed`` (below 2**31)."""
+    return mix_seed(seed, index) % 2**31
+
 
 class SimulatorUnavailableError(RuntimeError):
     """The simulator server could not produce a completion within the allowed attempts."""
@@ -80,6 +88,9 @@ class SimulatorClient:
                  top_p: float | None = 1.0, seed: int | None = None) -> list[str]:
         """One completion text per prompt, in input order (prompts run concurrently).
         ``top_p`` None (and ``seed`` None) is left out of the request: the server's default.
+        ``seed``: the call's; prompt ``i`` is sent ``seed = mix_seed(seed, i) % 2**31`` (an int
+        every OpenAI-compatible server takes), so each request of a call has its own seed and
+        a rerun of the call sends the same ones (docs/ARCHITECTURE.md says which servers honour it).
 
         Raises ``SimulatorUnavailableError`` when a prompt fails all its attempts, and
         ``SimulatorRequestError`` (a subclass) when the server rejects a request.
@@ -88,10 +99,10 @@ class SimulatorClient:
             return []
         params = {"max_tokens": max_tokens, "temperature": temperature}
         params.update({} if top_p is None else {"top_p": top_p})
-        params.update({} if seed is None else {"seed": seed})
+        requests = [params if seed is None else {**params, "seed": request_seed(seed, i)} for i in range(len(prompts))]
         pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts)))
         try:
-            futures = [pool.submit(self._complete_one, p, params) for p in prompts]
+            futures = [pool.submit(self._complete_one, p, r) for p, r in zip(prompts, requests, strict=True)]
             return [f.result() for f in futures]
         finally:  # on failure, drop queued prompts; in-flight ones end within their timeouts
             pool.shutdown(wait=True, cancel_futures=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-__all__ = ["noise_probability", "noisy_flags"]
+__all__ = ["mix_seed", "noise_probability", "noisy_flags"]
 
 
 def _check_probability(name: str, p: float) -> None:
@@ -67,3 +67,11 @@ def noisy_flags(seed: int, step: int, n: int, p: float) -> list[bool]:
     _check_probability("p", p)
     rng = _rng_for(seed, step)
     return [rng.random() < p for _ in range(n)]
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, the same on every process and platform (sha256): the
+    simulated engine's seed of a search call from (seed, step, call index), and the seeds
+    derived from it per request or per process."""
+    digest = hashlib.sha256(("zerosearch-seed:" + ":".join(str(int(p)) for p in parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1

@@ -34,13 +34,30 @@ def simulator_client(cfg: Config, simulator_url: str | list[str], *, cache: bool
     )
 
 
-def simulated_engine(cfg: Config, simulator_url: str | list[str], *, total_steps: int | None = None) -> SearchEngine:
-    """The simulated engine talking to the server at ``simulator_url`` (``.../v1``; a list of
-    URLs: requests are spread over the servers round-robin)."""
+def inprocess_completer(cfg: Config, *, rank: int = 0, device=None):
+    """``simulator.backend: inprocess``: the simulator model (``cfg.served_simulator()``) loaded
+    in this process (on ``device``, default CPU) behind an ``InProcessCompleter`` whose RNG
+    mixes in ``rank`` (each training process draws its own documents)."""
+    from zerosearch.lm.models import load_model
+    from zerosearch.search.local import InProcessCompleter
+
+    model, tokenizer = load_model(cfg.served_simulator(), trust_remote_code=cfg.base.trust_remote_code)
+    if device is not None:
+        model = model.to(device)
+    sim = cfg.simulator
+    return InProcessCompleter(model, tokenizer, rank=rank, api=sim.api, system_message=sim.system_message)
+
+
+def simulated_engine(cfg: Config, simulator_url: str | list[str] | None = None, *, total_steps: int | None = None,
+                     completer=None) -> SearchEngine:
+    """The simulated engine over ``completer`` (a ``Completer``), else a client of the server at
+    ``simulator_url`` (``.../v1``; a list of URLs: requests are spread over the servers round-robin)."""
     from zerosearch.search.simulated import SimulatedEngine
 
+    if completer is None:
+        completer = simulator_client(cfg, simulator_url)
     sim, c = cfg.simulator, cfg.simulator.curriculum
-    return SimulatedEngine(simulator_client(cfg, simulator_url), template=simulator_template(cfg),
+    return SimulatedEngine(completer, template=simulator_template(cfg),
                            top_k=cfg.search.top_k, max_tokens=sim.max_tokens, temperature=sim.temperature,
                            top_p=sim.top_p, p_start=c.p_start, p_end=c.p_end, base=c.base,
                            total_steps=total_steps or cfg.train.total_steps, seed=cfg.base.seed)
@@ -69,14 +86,18 @@ def real_engine(cfg: Config, name: str = "bm25") -> SearchEngine:
 
 
 def make_engine(cfg: Config, name: str, *, simulator_url: str | list[str] | None = None,
-                total_steps: int | None = None) -> SearchEngine:
-    """Engine ``name`` (one of ENGINES); simulated and hybrid need a running simulator URL."""
+                total_steps: int | None = None, completer=None, rank: int = 0, device=None) -> SearchEngine:
+    """Engine ``name`` (one of ENGINES). Simulated and hybrid ask ``completer`` when given, else
+    the running server at ``simulator_url`` when given, else, under ``simulator.backend:
+    inprocess``, a simulator loaded here (``inprocess_completer``, ``rank``, ``device``)."""
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; known: {', '.join(ENGINES)}")
     if needs_simulator(name):
-        if simulator_url is None:
+        if completer is None and simulator_url is None and cfg.simulator.backend == "inprocess":
+            completer = inprocess_completer(cfg, rank=rank, device=device)
+        if completer is None and simulator_url is None:
             raise ValueError(f"the {name} engine needs a simulator server URL (see zerosearch.serving)")
-        sim = simulated_engine(cfg, simulator_url, total_steps=total_steps)
+        sim = simulated_engine(cfg, simulator_url, total_steps=total_steps, completer=completer)
         if name == "simulated":
             return sim
         from zerosearch.search.hybrid import HybridEngine
@@ -87,15 +108,30 @@ def make_engine(cfg: Config, name: str, *, simulator_url: str | list[str] | None
 
 
 def needs_simulator(name: str) -> bool:
-    """Whether engine ``name`` talks to a simulator server."""
+    """Whether engine ``name`` asks a simulator LLM for its documents (served or in process)."""
     return name in ("simulated", "hybrid")
+
+
+def needs_server(cfg: Config, name: str) -> bool:
+    """Whether engine ``name`` needs a simulator server: it asks the simulator and
+    ``simulator.backend`` is not ``inprocess``."""
+    return needs_simulator(name) and cfg.simulator.backend != "inprocess"
+
+
+def _refuse_inprocess(cfg: Config) -> None:
+    if cfg.simulator.backend == "inprocess":
+        raise ValueError("simulator.backend is inprocess: the simulator runs inside the process that searches, "
+                         "there is no server to start; set simulator.backend to transformers, sglang or vllm "
+                         "to serve it (e.g. --set simulator.backend=transformers)")
 
 
 def server_spec(cfg: Config):
     """The ``ServerSpec`` that serves this config's simulator: ``simulator.server_args`` go to
-    every backend's command line, ``simulator.cuda_visible_devices`` into its environment."""
+    every backend's command line, ``simulator.cuda_visible_devices`` into its environment.
+    Raises ValueError under ``simulator.backend: inprocess`` (nothing to serve)."""
     from zerosearch.serving import ServerSpec
 
+    _refuse_inprocess(cfg)
     sim = cfg.simulator
     url = sim.url[0] if isinstance(sim.url, list) else sim.url
     env = {"CUDA_VISIBLE_DEVICES": sim.cuda_visible_devices} if sim.cuda_visible_devices is not None else None
@@ -106,9 +142,11 @@ def server_spec(cfg: Config):
 @contextlib.contextmanager
 def simulator_urls(cfg: Config, *, log_path: str | Path | None = None) -> Iterator[str | list[str]]:
     """The simulator's base URL once it answers (a list with several ``simulator.url``): served
-    here for the context (and stopped after) unless ``simulator.backend`` is ``url``."""
+    here for the context (and stopped after) unless ``simulator.backend`` is ``url``. Raises
+    ValueError under ``inprocess`` (no server: ``make_engine`` loads the simulator itself)."""
     from zerosearch.serving import ServerSpec, serve_simulator
 
+    _refuse_inprocess(cfg)
     sim = cfg.simulator
     if sim.backend == "url" and isinstance(sim.url, list):  # several running servers, load-balanced
         with contextlib.ExitStack() as stack:
@@ -122,9 +160,10 @@ def simulator_urls(cfg: Config, *, log_path: str | Path | None = None) -> Iterat
 @contextlib.contextmanager
 def open_engine(cfg: Config, name: str, *, total_steps: int | None = None,
                 log_path: str | Path | None = None) -> Iterator[SearchEngine]:
-    """Engine ``name``, with the simulator served (and stopped after) when it needs one."""
-    if not needs_simulator(name):
-        yield make_engine(cfg, name)
+    """Engine ``name``, with the simulator served (and stopped after) when it needs a server
+    (``needs_server``); an in-process simulator is loaded by ``make_engine``."""
+    if not needs_server(cfg, name):
+        yield make_engine(cfg, name, total_steps=total_steps)
         return
     with simulator_urls(cfg, log_path=log_path) as url:
         yield make_engine(cfg, name, simulator_url=url, total_steps=total_steps)

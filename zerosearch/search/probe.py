@@ -12,12 +12,14 @@ the documents hold a gold alias (normalized, as whole words). The switch works w
 
 Malformed outputs (no documents) count as holding no answer; their share is reported.
 The probe calls the completer directly: it draws nothing from the training engine's
-curriculum, touches no counter or cache of it, and, talking to the server over HTTP, uses
-no random state of this process.
+curriculum, touches no counter or cache of it, and uses no random state of this process (a
+server samples in its own process; the in-process simulator draws from its own generator,
+seeded for the probe's call from ``base.seed``, and reseeded by the engine on every search).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 from collections.abc import Mapping, Sequence
@@ -107,7 +109,7 @@ def run_probe(completer: Completer, template: PromptTemplate, rows: Sequence[Map
         return ProbeResult(0, 0.0, 0.0, 0.0, min_gap, template.name, model)
     prompts = [template.render(r["question"], r["question"], r["golden_answers"][0], noisy, top_k)
                for noisy in (False, True) for r in picked]
-    texts = completer.complete(prompts, max_tokens=max_tokens, temperature=temperature, top_p=top_p)
+    texts = completer.complete(prompts, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     parsed = [parse_documents(t, top_k) for t in texts]
     hits = [contains_gold(p.docs, r["golden_answers"]) for p, r in zip(parsed, [*picked, *picked], strict=True)]
     return ProbeResult(n_questions=n, useful_contains_gold_rate=sum(hits[:n]) / n,
@@ -116,17 +118,29 @@ def run_probe(completer: Completer, template: PromptTemplate, rows: Sequence[Map
                        min_gap=min_gap, template=template.name, model=model)
 
 
-def probe_from_config(cfg: Config, simulator_url: str | list[str], rows: Sequence[Mapping[str, Any]],
-                      *, n_questions: int | None = None) -> ProbeResult:
-    """The probe of ``cfg``'s simulator at ``simulator_url``: its template, sampling and
-    ``simulator.probe`` settings, through a client of its own (no cache)."""
-    from zerosearch.search.factory import simulator_client, simulator_template
+def probe_from_config(cfg: Config, simulator_url: str | list[str] | None, rows: Sequence[Mapping[str, Any]],
+                      *, n_questions: int | None = None, completer: Completer | None = None) -> ProbeResult:
+    """The probe of ``cfg``'s simulator: ``completer`` when given (the training engine's
+    in-process one), else a client of its own (no cache) of the server at ``simulator_url``, or,
+    under ``simulator.backend: inprocess`` with no URL, the simulator loaded here; with its
+    template, sampling and ``simulator.probe`` settings."""
+    from zerosearch.search.factory import (
+        inprocess_completer,
+        simulator_client,
+        simulator_template,
+    )
 
     sim, probe = cfg.simulator, cfg.simulator.probe
     template = simulator_template(cfg)
     name = sim.prompt_template_file or sim.prompt
-    with simulator_client(cfg, simulator_url, cache=False) as client:
-        result = run_probe(client, template, rows, n_questions=n_questions or probe.n_questions,
+    with contextlib.ExitStack() as stack:
+        if completer is None and simulator_url is None and sim.backend == "inprocess":
+            completer = inprocess_completer(cfg)
+        if completer is None:
+            if simulator_url is None:
+                raise ValueError("the simulator probe needs a simulator server URL or a completer")
+            completer = stack.enter_context(simulator_client(cfg, simulator_url, cache=False))
+        result = run_probe(completer, template, rows, n_questions=n_questions or probe.n_questions,
                            min_gap=probe.min_gap, top_k=cfg.search.top_k, max_tokens=sim.max_tokens,
                            temperature=sim.temperature, top_p=sim.top_p, seed=cfg.base.seed,
                            model=cfg.served_simulator())

@@ -3,9 +3,12 @@
 Per search call the curriculum decides, for each query, whether the simulator is asked for
 *useful* documents (that help answer the question) or *noisy* ones (related but unhelpful):
 noise probability ``p(step)`` from ``curriculum.noise_probability``, flags drawn with a RNG
-seeded by (seed, step, call index), so a resumed run redraws the same kinds. The simulator
-sees the query, the original question and its gold answer (a training-time device, as in
-the paper), and writes ``Doc 1: ...`` to ``Doc k: ...``; ``simulator_output`` parses and
+seeded by (seed, step, call index), so a resumed run redraws the same kinds. The call's
+documents are seeded the same way: the completer gets ``seed=mix_seed(seed, step, call)``
+(the in-process simulator reseeds its own generator with it; a served one sends a seed per
+request derived from it), so with a backend that honours it the documents repeat too.
+The simulator sees the query, the original question and its gold answer (a training-time
+device, as in the paper), and writes ``Doc 1: ...`` to ``Doc k: ...``; ``simulator_output`` parses and
 sanitizes that text. A malformed output gives no documents and is counted.
 
 What the simulator is asked is a template (``templates.PromptTemplate``, files under
@@ -22,7 +25,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from zerosearch.protocol import Doc
-from zerosearch.search.curriculum import noise_probability, noisy_flags
+from zerosearch.search.curriculum import mix_seed, noise_probability, noisy_flags
 from zerosearch.search.simulator_output import parse_documents
 from zerosearch.search.templates import PromptTemplate, named_template
 
@@ -30,7 +33,8 @@ log = logging.getLogger(__name__)
 
 
 class Completer(Protocol):
-    """What the engine needs from a simulator backend (``SimulatorClient`` or in-process)."""
+    """What the engine needs from a simulator backend (``SimulatorClient`` or
+    ``InProcessCompleter``). ``seed``: one per call; None leaves the backend unseeded."""
 
     def complete(self, prompts: Sequence[str], *, max_tokens: int, temperature: float,
                  top_p: float | None = 1.0, seed: int | None = None) -> list[str]: ...
@@ -97,7 +101,7 @@ class SimulatedEngine:
         flags = self._flags(step, len(queries))
         prompts = [self.prompt(q, qu, a, f) for q, qu, a, f in zip(queries, questions, answers, flags, strict=True)]
         texts = self.completer.complete(prompts, max_tokens=self.max_tokens, temperature=self.temperature,
-                                        top_p=self.top_p)
+                                        top_p=self.top_p, seed=mix_seed(self.seed, step, self._call))
         results = []
         for text, noisy in zip(texts, flags):
             parsed = parse_documents(text, self.top_k)

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from zerosearch.agent.rollout import Generator, RolloutSettings, run_rollouts
 from zerosearch.atomic import write_csv
 from zerosearch.config import Config, LoraSection, PretrainRun
@@ -75,6 +77,16 @@ def collect_pairs(generator: Generator, tokenizer, engine: SearchEngine, questio
     for r in pairs:
         r["label"] = "useful" if contains_answer(r["documents"], r["golden_answers"]) else "noisy"
     return pairs
+
+
+def collect_policy_pairs(cfg: Config, engine: SearchEngine, questions: list[dict]) -> list[dict]:
+    """``collect_pairs`` with the base policy at ``simulator_sft.collect_temperature``, its
+    rollouts sampling from a generator of their own seeded from ``base.seed`` (never torch's
+    global RNG, whose state depends on what ran before): two runs collect the same pairs."""
+    policy, tok = load_model(cfg.base.policy_model)
+    rng = torch.Generator().manual_seed(cfg.base.seed)
+    generator = HFGenerator(policy, tok, temperature=cfg.simulator_sft.collect_temperature, generator=rng)
+    return collect_pairs(generator, tok, engine, questions, RolloutSettings.from_config(cfg))
 
 
 def counterfactual_noisy(pairs: list[dict], engine: BM25Engine, top_k: int, depth: int = 4) -> list[dict]:
@@ -159,9 +171,7 @@ def run(cfg: Config, tracker: Tracker = NullTracker()) -> dict[str, Any]:
     questions = read_qa_parquet(cfg.path("data") / "train.parquet")
     random.Random(cfg.base.seed).shuffle(questions)
     engine = BM25Engine.load(cfg.path("data") / "bm25", top_k=cfg.search.top_k)
-    policy, tok = load_model(cfg.base.policy_model)
-    pairs = collect_pairs(HFGenerator(policy, tok, temperature=s.collect_temperature), tok, engine,
-                          questions[: s.n_questions], RolloutSettings.from_config(cfg))
+    pairs = collect_policy_pairs(cfg, engine, questions[: s.n_questions])
     counterfactual = counterfactual_noisy(pairs, engine, cfg.search.top_k)
     demo = []
     if s.demo_world_searches:

@@ -2,11 +2,12 @@
 
     zerosearch train [--resume]          # or: dvc repro train
 
-``train.engine``: ``simulated`` (ZeroSearch: the simulator is served for the run by
-``zerosearch.serving`` and stopped after), ``bm25`` (the real engine over the corpus), or
-``hybrid``. A served simulator is probed first (``simulator.probe``: useful requests must
-bring the gold answer more often than noisy ones, else the stage fails at once, before any
-model loads). Writes the trained policy to ``<models>/policy`` (HF format; LoRA merged),
+``train.engine``: ``simulated`` (ZeroSearch: the simulator LLM writes the documents; with
+``simulator.backend: inprocess``, the CPU default, it runs in this process, else it is served
+for the run by ``zerosearch.serving`` and stopped after), ``bm25`` (the real engine over the
+corpus), or ``hybrid``. The simulator is probed first (``simulator.probe``: useful requests
+must bring the gold answer more often than noisy ones, else the stage fails at once, before
+the policy loads). Writes the trained policy to ``<models>/policy`` (HF format; LoRA merged),
 checkpoints to ``<models>/train_checkpoints/step_N``, the per-step curve to
 ``<metrics>/train_curve.csv`` (DVC plots), the validations (``train.val_every``) to
 ``<metrics>/train_validation.csv`` (one row per validated step N, the policy after N updates;
@@ -14,7 +15,8 @@ only the header when validation is off) and the run summary to ``<metrics>/train
 Validation answers ``data.validation``'s questions with a separate instance of
 ``eval.engine`` (a real engine: bm25, dense or web).
 Under ``accelerate launch`` / ``torchrun`` every process trains on its share of each step; the
-main process alone serves the simulator and writes those outputs.
+main process alone serves the simulator (an in-process one: every process loads its own, its
+RNG seeded with the process rank too) and writes those outputs.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ from zerosearch.rewards import ANSWER_METRICS
 from zerosearch.rl.launch import build_accelerator
 from zerosearch.rl.trainer import RLTrainer, Validation
 from zerosearch.search.factory import (
+    inprocess_completer,
     make_engine,
+    needs_server,
     needs_simulator,
     open_engine,
     simulator_urls,
@@ -72,8 +76,9 @@ def validation_rows(cfg: Config) -> list[dict]:
 
 def validation(cfg: Config) -> Validation | None:
     """What ``train.val_every`` validates on, None when it is 0. The engine is ``eval.engine``,
-    built here for this process alone (never the training engine); engines that need a
-    simulator server are refused (validation would need a second server per process)."""
+    built here for this process alone (never the training engine); simulator engines are
+    refused, served or in process: validation measures the policy against a real engine (and a
+    served simulator would need a second server per process)."""
     if not cfg.train.val_every:
         return None
     if needs_simulator(cfg.eval.engine):
@@ -125,15 +130,17 @@ def launched_as_main(environ: Mapping[str, str] = os.environ) -> bool:
     return int(environ.get("RANK", "0")) == 0
 
 
-def probe_simulator(cfg: Config, url: str | list[str], rows: list[dict], tracker: Tracker) -> None:
-    """The start-of-training check (``simulator.probe``): the simulator at ``url`` must write
-    gold-holding documents more often when asked for useful ones than for noisy ones. Logs
-    the rates; raises ``SimulatorProbeError`` naming them when the switch does not work."""
+def probe_simulator(cfg: Config, url: str | list[str] | None, rows: list[dict], tracker: Tracker, *,
+                    completer=None) -> None:
+    """The start-of-training check (``simulator.probe``): the simulator at ``url`` (or
+    ``completer``, the in-process one) must write gold-holding documents more often when asked
+    for useful ones than for noisy ones. Logs the rates; raises ``SimulatorProbeError`` naming
+    them when the switch does not work."""
     if not cfg.simulator.probe.enabled:
         return
     from zerosearch.search.probe import check_probe, probe_from_config
 
-    result = probe_from_config(cfg, url, rows)
+    result = probe_from_config(cfg, url, rows, completer=completer)
     tracker.log_metrics(result.metrics())
     log.info("simulator probe: %s", result.summary())
     check_probe(result)
@@ -145,11 +152,16 @@ def shared_engine(cfg: Config, accelerator, *, log_path: Path, rows: list[dict] 
     """``train.engine`` for this process, one simulator server for the whole run: under several
     processes only the main one serves it (or health-checks ``simulator.url``) and probes it
     (``probe_simulator`` on the training questions ``rows``; None: no probe); the others wait
-    until it answers and get its URL by broadcast. It stops once every process is done."""
+    until it answers and get its URL by broadcast. It stops once every process is done.
+    ``simulator.backend: inprocess``: every process loads its own simulator (``inprocess_engine``)."""
     name, steps = cfg.train.engine, cfg.train.total_steps
     if not needs_simulator(name):
         with open_engine(cfg, name, total_steps=steps, log_path=log_path) as engine:
             yield engine
+        return
+    if not needs_server(cfg, name):
+        yield inprocess_engine(cfg, accelerator, rows=rows, tracker=tracker)
+        accelerator.wait_for_everyone()
         return
     if accelerator.num_processes == 1:
         with simulator_urls(cfg, log_path=log_path) as url:
@@ -175,6 +187,35 @@ def shared_engine(cfg: Config, accelerator, *, log_path: Path, rows: list[dict] 
             raise ServerStartError(f"the main process could not serve the simulator: {found[0]['error']}")
         yield make_engine(cfg, name, simulator_url=found[0]["url"], total_steps=steps)
         accelerator.wait_for_everyone()
+
+
+def inprocess_engine(cfg: Config, accelerator, *, rows: list[dict] | None = None,
+                     tracker: Tracker | None = None) -> SearchEngine:
+    """``train.engine`` over a simulator loaded in this process, on its device, its RNG seeded
+    with the process rank too; the main process probes it (``rows``; None: no probe) and tells
+    the others whether the probe passed, so all fail together."""
+    from zerosearch.search.probe import SimulatorProbeError
+
+    completer = inprocess_completer(cfg, rank=accelerator.process_index, device=accelerator.device)
+    error: list[str | None] = [None]
+    if accelerator.is_main_process and rows is not None:
+        try:
+            probe_simulator(cfg, None, rows, tracker or NullTracker(), completer=completer)
+        except Exception as err:
+            if accelerator.num_processes == 1:
+                raise
+            error[0] = f"{type(err).__name__}: {err}"
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(error)
+            raise
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(error)
+        if error[0] is not None:
+            raise SimulatorProbeError(f"the main process's simulator probe failed: {error[0]}")
+    return make_engine(cfg, cfg.train.engine, total_steps=cfg.train.total_steps, completer=completer)
 
 
 def run(cfg: Config, tracker: Tracker = NullTracker(), *, resume: bool = False,
