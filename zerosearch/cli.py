@@ -156,6 +156,9 @@ def ask(
 ) -> None:
     """Ask the search agent a question; prints its searches, the documents and the answer."""
     cfg = _config(params, set)
+    if not question.strip():
+        err.print("[red]error:[/red] the question is empty", highlight=False)
+        raise typer.Exit(2)
     from zerosearch.agent.ask import Agent
     from zerosearch.agent.rollout import RolloutSettings
     from zerosearch.search.factory import open_engine

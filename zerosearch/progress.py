@@ -25,7 +25,7 @@ class Progress(Protocol):
 
 
 def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"
     minutes, s = divmod(seconds, 60)
@@ -84,7 +84,7 @@ class LineProgress:
             if now - self._last_line >= self.every_s:
                 self._write(now)
 
-    def __enter__(self) -> LineProgress:
+    def __enter__(self) -> LineProgress:  # noqa: PYI034 (Python 3.10 has no typing.Self)
         with self._lock:
             self._write(self.clock())  # the start: the work is named before its first step
         self._thread = threading.Thread(target=self._beat, name=f"progress-{self.desc}", daemon=True)
@@ -121,7 +121,12 @@ def progress(desc: str, total: int, *, completed: int = 0, stream: TextIO | None
         with LineProgress(desc, total, completed=completed, every_s=every_s, stream=out) as p:
             yield p
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
     from rich.progress import Progress as RichBar
 
     with RichBar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

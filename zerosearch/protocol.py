@@ -12,6 +12,8 @@ Nothing here imports another module of the project.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +46,87 @@ ChatMode = bool | Literal["auto"]
 Message = dict[str, str]  # {"role": ..., "content": ...}
 NO_RESULTS = "No documents found."
 ACTION_RE = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
+
+PROTOCOL_TAGS: tuple[str, ...] = (
+    "<think>", "</think>", "<search>", "</search>",
+    "<information>", "</information>", "<answer>", "</answer>",
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>",
+)
+
+# Bracket and slash characters, literal or HTML-escaped (named, decimal, hex, double-escaped).
+_PIECES = {
+    "<": r"(?:<|&(?:amp;)?lt;|&#0*60;|&#x0*3c;)",
+    ">": r"(?:>|&(?:amp;)?gt;|&#0*62;|&#x0*3e;)",
+    "/": r"(?:/|&sol;|&#0*47;|&#x0*2f;)",
+    "|": r"\|",
+}
+
+
+def _tag_pattern(tag: str) -> str:
+    """``</answer>`` -> a pattern allowing whitespace between its pieces and escaped brackets."""
+    pieces = re.findall(r"[<>/|]|[^<>/|]+", tag)
+    return r"\s*".join(_PIECES.get(p, re.escape(p)) for p in pieces)
+
+
+_TAG_RE = re.compile("|".join(_tag_pattern(t) for t in PROTOCOL_TAGS), re.IGNORECASE)
+
+
+
+def sanitize(text: str, extra: Sequence[str] = ()) -> str:
+    """``text`` with every protocol tag and chat marker of ``PROTOCOL_TAGS`` (and every string of
+    ``extra``, e.g. a tokenizer's special tokens, matched exactly) removed.
+
+    Matching is case-insensitive and tolerates spaces inside the brackets
+    (``< /information >``) and HTML-escaped brackets (``&lt;answer&gt;``). Removal repeats
+    until nothing matches, so fragments cannot reassemble into a tag (``<ans<answer>wer>``).
+    Each tag becomes a space; runs of spaces/tabs are then collapsed to one space, spaces
+    around line breaks dropped and 3+ line breaks reduced to one blank line (line structure
+    is kept, since ``parse_documents`` uses it). The result is stripped.
+    """
+    out = text.replace("\r\n", "\n").replace("\r", "\n")
+    pattern = _control_re(tuple(extra))
+    while True:
+        cleaned = pattern.sub(" ", out)
+        if cleaned == out:
+            break
+        out = cleaned
+    out = re.sub(r"[^\S\n]+", " ", out)
+    out = re.sub(r" ?\n ?", "\n", out)
+    out = re.sub(r"\n{3,}", "\n\n", out)
+    return out.strip()
+
+
+@functools.lru_cache(maxsize=32)
+def _control_re(extra: tuple[str, ...]) -> re.Pattern:
+    if not extra:
+        return _TAG_RE
+    literal = "|".join(re.escape(e) for e in sorted(set(extra), key=len, reverse=True) if e)
+    return re.compile(f"{_TAG_RE.pattern}|{literal}", re.IGNORECASE) if literal else _TAG_RE
+
+
+def has_control(text: str, extra: Sequence[str] = ()) -> bool:
+    """Whether ``text`` holds a protocol tag, a chat marker or a string of ``extra``."""
+    return _control_re(tuple(extra)).search(text) is not None
+
+
+def neutralize(text: str, extra: Sequence[str] = ()) -> str:
+    """Text from outside (a document of any engine, a question) made safe for the policy's
+    context: unchanged when it holds no control text (``has_control``), else ``sanitize``d. So
+    no corpus document, web snippet or question can close ``<information>``, answer for the
+    policy or smuggle in a tokenizer's control tokens, and clean text keeps its bytes."""
+    return sanitize(text, extra) if has_control(text, extra) else text
+
+
+def special_token_strings(tokenizer) -> tuple[str, ...]:
+    """The strings a tokenizer turns into control tokens: its special tokens and every added
+    token marked special (``<|im_end|>``, ``<|eot_id|>``, ``<|start_header_id|>``, ``<|pad|>``...)."""
+    if tokenizer is None:
+        return ()
+    names = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    names |= {t.content for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()
+              if getattr(t, "special", False)}
+    return tuple(sorted(n for n in names if n))
+
 
 Segment = tuple[str, bool]  # (text, trained on): False for context the model must not learn to write
 
@@ -112,8 +195,23 @@ def policy_prompt(question: str, tokenizer=None, *, chat: ChatMode = False,
                   messages: Sequence[Message] | None = None) -> str:
     """The prompt the policy continues: the data row's ``messages`` when it has them (the
     ``prompt`` column of ZeroSearch/Search-R1 data), else our template for ``question``;
-    rendered by ``render_messages``."""
-    return render_messages(messages if messages else prompt_messages(question), tokenizer, chat=chat)
+    rendered by ``render_messages``. The question is ``neutralize``d (no protocol tags or control
+    tokens from the data reach the policy as such); a row's messages lose control tokens only."""
+    extra = special_token_strings(tokenizer)
+    if messages:  # the data's own instruction names the tags: only control tokens are removed
+        safe = [{**m, "content": _without(m["content"], extra)} for m in messages]
+    else:
+        safe = prompt_messages(neutralize(question, extra))
+    return render_messages(safe, tokenizer, chat=chat)
+
+
+def _without(text: str, strings: Sequence[str]) -> str:
+    """``text`` with each of ``strings`` removed (replaced by a space), unchanged when none occurs."""
+    if not any(s in text for s in strings):
+        return text
+    for s in sorted(strings, key=len, reverse=True):
+        text = text.replace(s, " ")
+    return text
 
 
 def encode_prompt(text: str, tokenizer) -> list[int]:
@@ -130,12 +228,15 @@ def encode_prompt(text: str, tokenizer) -> list[int]:
     return plain if plain[:len(prefix)] == prefix else prefix + plain
 
 
-def information_block(docs: Sequence[Doc], layout: Layout = "ours") -> str:
+def information_block(docs: Sequence[Doc], layout: Layout = "ours", *, tokenizer=None) -> str:
     """Retrieved documents as the policy sees them (state-masked in RL), in ``layout``
     (``INFORMATION_LAYOUTS``); an empty result says so explicitly rather than leaving an
-    empty block."""
+    empty block. Every document's title and text are ``neutralize``d first (protocol tags,
+    chat markers and ``tokenizer``'s special tokens), whichever engine wrote them."""
     before, after = INFORMATION_LAYOUTS[layout]
-    body = format_docs(docs) if docs else NO_RESULTS
+    extra = special_token_strings(tokenizer)
+    safe = [dataclasses.replace(d, title=neutralize(d.title, extra), text=neutralize(d.text, extra)) for d in docs]
+    body = format_docs(safe) if safe else NO_RESULTS
     return f"{before}{body}{after}"
 
 

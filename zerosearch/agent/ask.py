@@ -59,7 +59,10 @@ class Agent:
     @torch.no_grad()
     def ask(self, question: str, golden_answers: list[str] | None = None) -> AgentAnswer:
         """Answer one question. ``golden_answers`` only matter to a simulated engine, whose
-        prompt carries the answer (a training-time device); real engines ignore them."""
+        prompt carries the answer (a training-time device); real engines ignore them. An empty
+        question is an error: the policy would answer something anyway."""
+        if not question or not question.strip():
+            raise ValueError("the question is empty: ask something (e.g. zerosearch ask \"Where was X born?\")")
         self.model.eval()
         batch = run_rollouts(HFGenerator(self.model, self.tokenizer, do_sample=False), self.tokenizer, self.engine,
                              [question], [golden_answers or [""]], self.settings)

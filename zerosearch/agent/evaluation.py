@@ -115,7 +115,7 @@ def predict_rag(model, tokenizer, engine: SearchEngine, rows: Sequence[dict], se
         for chunk in _batches(rows, batch_size):
             docs = engine.search([r["question"] for r in chunk], questions=[r["question"] for r in chunk],
                                  answers=[r["golden_answers"] for r in chunk], step=0)
-            blocks = [_truncate(information_block(d, settings.information_layout), tokenizer, settings)
+            blocks = [_truncate(information_block(d, settings.information_layout, tokenizer=tokenizer), tokenizer, settings)
                       for d in docs]
             contexts = [encode_prompt(_prompt(r, tokenizer, settings) + b, tokenizer)
                         for r, b in zip(chunk, blocks, strict=True)]

@@ -236,7 +236,7 @@ def run_rollouts(
             _answer_searches([t for t in trajs if t.status == "searching"], engine, tokenizer, s, step)
     for t in trajs:
         t.status = "done"
-    return _collate(trajs, tokenizer.pad_token_id)
+    return _collate(trajs, pad_id(tokenizer))
 
 
 def _take_turn(t: Trajectory, new_ids: list[int], tokenizer, max_new: int, last_turn: bool,
@@ -272,7 +272,7 @@ def _answer_searches(pending: list[Trajectory], engine: SearchEngine, tokenizer,
         answers=[t.golden_answers for t in pending],
         step=step,
     )
-    blocks = tokenizer([information_block(docs, s.information_layout) for docs in results],
+    blocks = tokenizer([information_block(docs, s.information_layout, tokenizer=tokenizer) for docs in results],
                        add_special_tokens=False)["input_ids"]
     for t, docs, ids in zip(pending, results, blocks, strict=True):
         t.searches += 1
@@ -295,6 +295,15 @@ def _observation_ids(ids: list[int], tokenizer, s: RolloutSettings, t: Trajector
     t.truncated_observations += 1
     closing = tokenizer(INFORMATION_LAYOUTS[s.information_layout][1], add_special_tokens=False)["input_ids"]
     return ids[: max(0, s.max_obs_tokens - len(closing))] + closing
+
+
+def pad_id(tokenizer) -> int:
+    """The id right-padding uses: the pad token, else EOS (Meta's original Llama files have no pad
+    token), else 0. Padding is masked out everywhere, so its id never matters to the loss."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate[0] if isinstance(candidate, list) else candidate)
+    return 0
 
 
 def _collate(trajs: list[Trajectory], pad_id: int) -> RolloutBatch:

@@ -4,7 +4,8 @@ The simulator is asked for ``Doc 1: ...`` .. ``Doc k: ...``. Real outputs drift:
 before the first document, bold or spaced markers, skipped or repeated numbers, extra
 documents, and (worst) text that opens or closes the policy's own protocol tags, which
 would let a document end the ``<information>`` block or answer for the policy.
-``sanitize`` removes those tags; ``parse_documents`` recovers up to ``k`` documents.
+``sanitize`` (``zerosearch.protocol``: every engine's documents pass through it) removes those
+tags; ``parse_documents`` recovers up to ``k`` documents.
 """
 
 from __future__ import annotations
@@ -12,30 +13,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from zerosearch.protocol import PROTOCOL_TAGS, sanitize
+
 __all__ = ["PROTOCOL_TAGS", "ParsedOutput", "parse_documents", "sanitize"]
-
-PROTOCOL_TAGS: tuple[str, ...] = (
-    "<think>", "</think>", "<search>", "</search>",
-    "<information>", "</information>", "<answer>", "</answer>",
-    "<|im_start|>", "<|im_end|>", "<|endoftext|>",
-)
-
-# Bracket and slash characters, literal or HTML-escaped (named, decimal, hex, double-escaped).
-_PIECES = {
-    "<": r"(?:<|&(?:amp;)?lt;|&#0*60;|&#x0*3c;)",
-    ">": r"(?:>|&(?:amp;)?gt;|&#0*62;|&#x0*3e;)",
-    "/": r"(?:/|&sol;|&#0*47;|&#x0*2f;)",
-    "|": r"\|",
-}
-
-
-def _tag_pattern(tag: str) -> str:
-    """``</answer>`` -> a pattern allowing whitespace between its pieces and escaped brackets."""
-    pieces = re.findall(r"[<>/|]|[^<>/|]+", tag)
-    return r"\s*".join(_PIECES.get(p, re.escape(p)) for p in pieces)
-
-
-_TAG_RE = re.compile("|".join(_tag_pattern(t) for t in PROTOCOL_TAGS), re.IGNORECASE)
 
 # ``Doc 1:``, ``Doc 1 :``, ``doc1:``, ``**Doc 1:**``, ``**Doc 1**:``, ``Document 1:``.
 _MARKER_RE = re.compile(
@@ -44,28 +24,6 @@ _MARKER_RE = re.compile(
 )
 _DECORATION = " \t\r\n*#_>"  # markdown left around markers and at document ends
 _USABLE_RE = re.compile(r"\w")  # a document must hold at least one letter or digit
-
-
-def sanitize(text: str) -> str:
-    """``text`` with every protocol tag and chat marker of ``PROTOCOL_TAGS`` removed.
-
-    Matching is case-insensitive and tolerates spaces inside the brackets
-    (``< /information >``) and HTML-escaped brackets (``&lt;answer&gt;``). Removal repeats
-    until nothing matches, so fragments cannot reassemble into a tag (``<ans<answer>wer>``).
-    Each tag becomes a space; runs of spaces/tabs are then collapsed to one space, spaces
-    around line breaks dropped and 3+ line breaks reduced to one blank line (line structure
-    is kept, since ``parse_documents`` uses it). The result is stripped.
-    """
-    out = text.replace("\r\n", "\n").replace("\r", "\n")
-    while True:
-        cleaned = _TAG_RE.sub(" ", out)
-        if cleaned == out:
-            break
-        out = cleaned
-    out = re.sub(r"[^\S\n]+", " ", out)
-    out = re.sub(r" ?\n ?", "\n", out)
-    out = re.sub(r"\n{3,}", "\n\n", out)
-    return out.strip()
 
 
 @dataclass(frozen=True)
