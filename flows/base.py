@@ -10,7 +10,7 @@ from prefect import flow
 
 from flows.entry import main
 from tasks.base import base_task
-from tasks.common import load_config_task, write_metrics_task
+from tasks.common import load_config_task, write_environment_task, write_metrics_task
 from zerosearch.mlops.tracking import stage_run
 
 
@@ -20,6 +20,7 @@ def base_flow(params: str = "params.yaml", overrides: list[str] | None = None) -
     with stage_run("base", cfg, params) as tracker:
         stats = base_task(cfg, tracker)
     write_metrics_task(stats, cfg.path("metrics") / "base.json")
+    write_environment_task("base", cfg.path("metrics"))
     return stats
 
 

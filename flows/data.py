@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.entry import main
-from tasks.common import load_config_task, write_metrics_task
+from tasks.common import load_config_task, write_environment_task, write_metrics_task
 from tasks.data import data_task
 from zerosearch.mlops.tracking import stage_run
 
@@ -20,6 +20,7 @@ def data_flow(params: str = "params.yaml", overrides: list[str] | None = None) -
     with stage_run("data", cfg, params) as tracker:
         stats = data_task(cfg, tracker)
     write_metrics_task(stats, cfg.path("metrics") / "data.json")
+    write_environment_task("data", cfg.path("metrics"))
     return stats
 
 

@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.entry import main
-from tasks.common import load_config_task, write_metrics_task
+from tasks.common import load_config_task, write_environment_task, write_metrics_task
 from tasks.evaluate import evaluate_task, register_agent_task
 from zerosearch.mlops.tracking import stage_run
 
@@ -25,6 +25,7 @@ def evaluate_flow(params: str = "params.yaml", overrides: list[str] | None = Non
         result = evaluate_task(cfg, tracker)
         result["registered_model"] = register_agent_task(cfg, result["table"], tracker)
     write_metrics_task(result["metrics"], cfg.path("metrics") / "evaluate.json")
+    write_environment_task("evaluate", cfg.path("metrics"))
     registered = f"\n\nPolicy registered in MLflow as `{result['registered_model']}`." if result["registered_model"] else ""
     create_markdown_artifact(
         key="evaluate-table",

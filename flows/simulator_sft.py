@@ -11,7 +11,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.entry import main
-from tasks.common import load_config_task, write_metrics_task
+from tasks.common import load_config_task, write_environment_task, write_metrics_task
 from tasks.simulator_sft import simulator_sft_task
 from zerosearch.mlops.tracking import stage_run
 
@@ -22,6 +22,7 @@ def simulator_sft_flow(params: str = "params.yaml", overrides: list[str] | None 
     with stage_run("simulator_sft", cfg, params) as tracker:
         stats = simulator_sft_task(cfg, tracker)
     write_metrics_task(stats, cfg.path("metrics") / "simulator_sft.json")
+    write_environment_task("simulator_sft", cfg.path("metrics"))
     return stats
 
 

@@ -13,7 +13,7 @@ import contextlib
 from prefect import flow
 
 from flows.entry import main
-from tasks.common import load_config_task, write_metrics_task
+from tasks.common import load_config_task, write_environment_task, write_metrics_task
 from tasks.train import train_task
 from zerosearch.mlops.tracking import stage_run
 from zerosearch.stages.train import launched_as_main
@@ -28,6 +28,7 @@ def train_flow(params: str = "params.yaml", overrides: list[str] | None = None, 
         summary = train_task(cfg, tracker, resume=resume)
     if writer:
         write_metrics_task(summary, cfg.path("metrics") / "train.json")
+        write_environment_task("train", cfg.path("metrics"))
     return summary
 
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 import platform
 import sys
 from importlib import metadata
+from pathlib import Path
+
+from zerosearch.atomic import write_json
 
 PACKAGES = ("zerosearch", "torch", "transformers", "tokenizers", "accelerate", "peft", "numpy", "pyarrow",
             "bm25s", "pydantic", "prefect", "mlflow", "dvc")
@@ -52,3 +55,10 @@ def version_tags(env: dict[str, object]) -> dict[str, str]:
     tags = {f"version.{k}": str(v) for k, v in env["packages"].items()}  # type: ignore[union-attr]
     tags.update({f"env.{k}": str(v) for k, v in env.items() if k != "packages"})
     return tags
+
+
+def write_environment(stage: str, metrics_dir: str | Path) -> Path:
+    """``environment()`` to ``<metrics_dir>/environment/<stage>.json`` (atomically)."""
+    path = Path(metrics_dir) / "environment" / f"{stage}.json"
+    write_json(environment(), path)
+    return path

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from zerosearch.config import flatten
+from zerosearch.environment import environment, version_tags
 from zerosearch.tracker import NullTracker, Tracker
 
 MLFLOW_UI_PORT = 5000
@@ -116,7 +117,7 @@ def stage_run(stage: str, config, params_file: str | Path = "params.yaml") -> It
     mlflow.set_tracking_uri(tracking_uri())
     experiment = mlflow.set_experiment(config.base.mlflow_experiment)
     parent = _parent_run_id(mlflow, experiment.experiment_id, pipeline_key(params_file))
-    tags = {"stage": stage, "git_revision": git_revision()}
+    tags = {"stage": stage, "git_revision": git_revision(), **version_tags(environment())}
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
     with mlflow.start_run(run_id=parent, experiment_id=experiment.experiment_id):

@@ -40,6 +40,7 @@ from zerosearch.agent.rollout import RolloutSettings
 from zerosearch.config import Config, flatten
 from zerosearch.data.schema import read_qa_parquet, write_jsonl
 from zerosearch.lm.models import load_model
+from zerosearch.progress import progress
 from zerosearch.protocol import SearchEngine
 from zerosearch.rewards import METRIC_LABELS
 from zerosearch.search.factory import open_engine
@@ -64,21 +65,23 @@ def run_methods(cfg: Config, engine, benchmarks: dict[str, list[dict]]) -> tuple
     loaded: dict[str, Any] = {}
     results: dict[str, dict[str, dict[str, float]]] = {}
     records: list[dict] = []
-    for method in e.methods:
-        path = policies[method]
-        if path not in loaded:
-            loaded[path] = load_model(path, trust_remote_code=cfg.base.trust_remote_code)
-        model, tok = loaded[path]
-        results[method] = {}
-        for bench, rows in benchmarks.items():
-            if method == "direct":
-                recs = predict_direct(model, tok, rows, settings, batch_size=e.batch_size)
-            elif method == "rag":
-                recs = predict_rag(model, tok, engine, rows, settings, batch_size=e.batch_size)
-            else:
-                recs = predict_agent(model, tok, engine, rows, settings, batch_size=e.batch_size)
-            results[method][bench] = summarize(recs)
-            records += [{"method": method, "benchmark": bench, **r} for r in recs]
+    with progress("evaluate", len(e.methods) * len(benchmarks)) as bar:
+        for method in e.methods:
+            path = policies[method]
+            if path not in loaded:
+                loaded[path] = load_model(path, trust_remote_code=cfg.base.trust_remote_code)
+            model, tok = loaded[path]
+            results[method] = {}
+            for bench, rows in benchmarks.items():
+                if method == "direct":
+                    recs = predict_direct(model, tok, rows, settings, batch_size=e.batch_size)
+                elif method == "rag":
+                    recs = predict_rag(model, tok, engine, rows, settings, batch_size=e.batch_size)
+                else:
+                    recs = predict_agent(model, tok, engine, rows, settings, batch_size=e.batch_size)
+                results[method][bench] = summarize(recs)
+                records += [{"method": method, "benchmark": bench, **r} for r in recs]
+                bar.update(1, info=f"{method} {bench} {e.headline_metric} {results[method][bench][e.headline_metric]:.3f}")
     return results, records
 
 

@@ -37,6 +37,7 @@ from zerosearch.data.schema import read_jsonl, read_qa_parquet, write_jsonl
 from zerosearch.lm.generation import HFGenerator
 from zerosearch.lm.models import load_model, save_model, with_lora
 from zerosearch.lm.supervised import pack_examples, train_causal_lm
+from zerosearch.progress import progress
 from zerosearch.protocol import Doc, SearchEngine, Segment, format_docs
 from zerosearch.rewards import normalize_answer
 from zerosearch.search.bm25 import BM25Engine
@@ -69,10 +70,12 @@ def collect_pairs(generator: Generator, tokenizer, engine: SearchEngine, questio
     """Roll out the policy on ``questions`` with ``engine`` under the training run's
     ``settings`` (so the searches are the ones RL will make); label each recorded search."""
     recorder = RecordingEngine(engine)
-    for i in range(0, len(questions), batch_size):
-        chunk = questions[i : i + batch_size]
-        run_rollouts(generator, tokenizer, recorder, [q["question"] for q in chunk],
-                     [q["golden_answers"] for q in chunk], settings, prompts=[q.get("prompt") for q in chunk])
+    with progress("collect simulator SFT pairs", -(-len(questions) // batch_size)) as bar:
+        for i in range(0, len(questions), batch_size):
+            chunk = questions[i : i + batch_size]
+            run_rollouts(generator, tokenizer, recorder, [q["question"] for q in chunk],
+                         [q["golden_answers"] for q in chunk], settings, prompts=[q.get("prompt") for q in chunk])
+            bar.update(1, info=f"{len(recorder.records)} searches")
     pairs = [r for r in recorder.records if r["query"].strip() and r["documents"]]
     for r in pairs:
         r["label"] = "useful" if contains_answer(r["documents"], r["golden_answers"]) else "noisy"
