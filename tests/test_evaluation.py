@@ -337,3 +337,29 @@ def test_a_model_pickled_by_zerosearch_0_1_fails_saying_to_register_it_again():
     old_instance = b"\x80\x02czerosearch.agent\nAgentPyfunc\n)\x81."  # GLOBAL, (), NEWOBJ: cls.__new__(cls)
     with pytest.raises(RuntimeError, match=r"registered with zerosearch 0\.1.*`zerosearch evaluate`"):
         pickle.loads(old_instance)
+
+
+def test_bar_charts_label_each_bar_and_fit_the_axis_to_the_scores(tmp_path):
+    from zerosearch.stages.evaluate import bar_chart_top, plot_benchmarks
+
+    assert bar_chart_top([0.14, 0.067]) == 0.2 and bar_chart_top([0.0, 0.0]) == 0.1 and bar_chart_top([1.0]) == 1.05
+    tab = {"direct": {"b": {"em": 0.0}, "average": {"em": 0.0}}, "agent": {"b": {"em": 0.36}, "average": {"em": 0.36}}}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    captured = {}
+    real = plt.Axes.bar_label
+
+    def spy(self, container, labels=None, **kw):
+        captured.setdefault("labels", []).append(list(labels))
+        return real(self, container, labels=labels, **kw)
+
+    plt.Axes.bar_label = spy
+    try:
+        paths = plot_benchmarks(tab, ["b"], tmp_path)
+    finally:
+        plt.Axes.bar_label = real
+    assert [p.name for p in paths] == ["b.png", "average.png"] and all(p.stat().st_size > 0 for p in paths)
+    assert captured["labels"] == [["0.000", "0.360"], ["0.000", "0.360"]]

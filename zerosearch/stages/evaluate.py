@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,13 @@ def run_methods(cfg: Config, engine, benchmarks: dict[str, list[dict]]) -> tuple
     return results, records
 
 
+def bar_chart_top(values: list[float]) -> float:
+    """The y-axis top of a bar chart of scores in [0, 1]: room above the highest bar for its label,
+    rounded up to a tenth, never above 1.05 nor below 0.1 (an all-zero chart still shows its axis)."""
+    top = max(values, default=0.0)
+    return min(1.05, max(0.1, math.ceil((top * 1.15 + 1e-9) * 10) / 10))
+
+
 def plot_benchmarks(tab: dict[str, dict[str, Any]], benchmarks: list[str], out_dir: Path,
                     metric: str = "em") -> list[Path]:
     """One bar chart per benchmark (``metric`` per method, labelled with its name) plus one for the average."""
@@ -97,10 +105,12 @@ def plot_benchmarks(tab: dict[str, dict[str, Any]], benchmarks: list[str], out_d
     paths = []
     for bench in [*benchmarks, "average"]:
         methods = [m for m in tab if bench in tab[m]]
+        values = [tab[m][bench][metric] for m in methods]
         fig, ax = plt.subplots(figsize=(5, 3))
-        ax.bar(methods, [tab[m][bench][metric] for m in methods], color="#4c72b0")
+        bars = ax.bar(methods, values, color="#4c72b0")
+        ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], padding=2, fontsize=8)  # the value on each bar
         ax.set_ylabel(METRIC_LABELS[metric])
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, bar_chart_top(values))
         ax.set_title(f"{bench}: {METRIC_LABELS[metric]} by method")
         fig.tight_layout()
         path = out_dir / f"{bench}.png"
