@@ -214,6 +214,7 @@ class SimulatorSection(_Section):
     startup_timeout: PositiveFloat
     request_timeout: PositiveFloat
     max_retries: Annotated[int, Field(ge=0)]
+    stall_timeout: PositiveFloat
     concurrency: PositiveInt
     cache_dir: str | None
     hybrid_real_fraction: Probability
