@@ -27,6 +27,7 @@ from typing import Literal
 
 import httpx
 
+from zerosearch.errors import InputError
 from zerosearch.search.curriculum import mix_seed
 
 __all__ = ["SimulatorClient", "SimulatorRequestError", "SimulatorUnavailableError", "request_seed"]
@@ -37,7 +38,7 @@ def request_seed(seed: int, index: int) -> int:
     return mix_seed(seed, index) % 2**31
 
 
-class SimulatorUnavailableError(RuntimeError):
+class SimulatorUnavailableError(InputError, RuntimeError):
     """The simulator server could not produce a completion within the allowed attempts."""
 
 
