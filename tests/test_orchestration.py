@@ -86,6 +86,10 @@ def test_stage_runs_nest_under_one_pipeline_run(tmp_path, monkeypatch):
     assert len(parents) == 1 and sorted(r.data.tags["stage"] for r in children) == ["base", "data"]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert all(r.data.tags["git_revision"] for r in children)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training view
+    import torch
+
+    assert all(r.data.tags["version.torch"] == torch.__version__ and r.data.tags["env.python"] for r in children)
     data_run = next(r for r in children if r.data.tags["stage"] == "data")
     history = client.get_metric_history(data_run.info.run_id, "data_loss")
     assert [(m.step, m.value) for m in history] == [(0, 1.5), (1, 0.5)]
