@@ -1,7 +1,9 @@
 """``python -m flows.<stage>``: what each DVC stage's ``cmd`` runs.
 
 ``main(flow)`` validates ``params.yaml`` first, so a bad key fails in one line naming it
-(exit code 2) instead of a Prefect traceback, then runs the stage's flow on it.
+(exit code 2) instead of a Prefect traceback, then runs the stage's flow on it; an
+``InputError`` the stage raises (a bad row or file, a server that does not start) is one line
+and exit code 2 too.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from zerosearch.config import ConfigError, load_config
+from zerosearch.errors import InputError
 from zerosearch.tether import exit_on_termination_signals
 
 
@@ -20,4 +23,8 @@ def main(flow: Callable[..., dict], params: str = "params.yaml") -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    flow(params)
+    try:
+        flow(params)
+    except InputError as e:  # bad input or environment: one line, what to fix (Prefect logged it too)
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -142,3 +142,23 @@ def minimal_code_deps(stage: str) -> list[str]:
 if __name__ == "__main__":  # python tests/test_architecture.py: the deps to paste into dvc.yaml
     for name in stages():
         print(f"{name}:\n" + "\n".join(f"      - {d}" for d in minimal_code_deps(name)))
+
+
+def test_every_csv_plot_names_its_columns():
+    """`dvc plots show` draws only a CSV's last column unless the plot names them (the train curve
+    showed tokens_per_s alone): every top-level plot names x and y, the train curve's columns
+    are ones the train stage writes, and no stage declares a CSV as a plot of its own."""
+    from zerosearch.stages.train import CURVE_COLUMNS
+
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    for stage, body in spec["stages"].items():
+        for entry in body.get("plots", []):
+            name = next(iter(entry)) if isinstance(entry, dict) else entry
+            assert not str(name).endswith(".csv"), f"stage {stage} plots {name}: draw it with a top-level plot"
+    plots = {next(iter(p)): next(iter(p.values())) for p in spec["plots"]}
+    assert {"base_loss", "simulator_sft_loss", "train_reward", "validation"} <= set(plots)
+    for name, plot in plots.items():
+        assert plot["x"] == "step" and plot["y"], name
+        for file, columns in plot["y"].items():
+            if file.endswith("train_curve.csv"):
+                assert set(columns) <= set(CURVE_COLUMNS), (name, columns)

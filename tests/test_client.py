@@ -186,12 +186,37 @@ def test_nothing_listening_fails_quickly():
 
 def test_stalled_server_times_out(serve):
     server = serve(lambda p, b, n: (200, STALL))
-    c = client(server.url, timeout=0.3, max_retries=1)
+    c = client(server.url, timeout=0.3, max_retries=1, stall_timeout=5.0)
     t0 = time.monotonic()
     with pytest.raises(SimulatorUnavailableError, match="Timeout"):
         c.complete(["q"], max_tokens=4, temperature=0)
     assert time.monotonic() - t0 < 2.0
     assert len(server.calls) == 2
+
+
+def test_a_frozen_server_fails_the_whole_call_after_one_stall_timeout(serve):
+    """A server that accepts and never answers: the call fails once no request finished for
+    stall_timeout, the queued requests are never sent and nothing is retried after that (before,
+    each wave of `concurrency` requests ran its own timeouts and retries: 8 x 4 attempts here)."""
+    server = serve(lambda p, b, n: (200, STALL))
+    c = client(server.url, timeout=1.0, max_retries=3, concurrency=2, stall_timeout=0.5)
+    with pytest.raises(SimulatorUnavailableError, match=r"answered none of 8 pending request\(s\) for 0.5s"):
+        c.complete([f"q{i}" for i in range(8)], max_tokens=4, temperature=0)
+    time.sleep(1.5)  # the two aborted requests reach their own timeout: no retry follows
+    assert len(server.calls) == 2
+    server.respond = echo  # the client serves the next call on a fresh connection pool
+    assert c.complete(["again"], max_tokens=4, temperature=0) == ["echo:again"]
+
+
+def test_a_request_out_of_attempts_fails_the_call(serve):
+    def respond(path, body, n):
+        return (500, {"error": "boom"}) if body["prompt"] == "bad" else (200, STALL)
+
+    server = serve(respond)
+    c = client(server.url, timeout=5.0, max_retries=1, concurrency=4, stall_timeout=30.0)
+    with pytest.raises(SimulatorUnavailableError, match="failed after 2 attempt"):
+        c.complete(["bad", "slow1", "slow2"], max_tokens=4, temperature=0)
+    assert sum(b["prompt"] == "bad" for _, b in server.calls) == 2
 
 
 def test_dead_first_url_falls_over_to_second(serve):

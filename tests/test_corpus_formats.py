@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, micro_config
-from zerosearch.data.schema import MalformedRowError, flashrag_document, read_corpus
+from zerosearch.data.schema import (
+    MalformedRowError,
+    flashrag_document,
+    read_corpus,
+    read_jsonl,
+)
 
 FIXTURE_DATA = REPO.parent / "shared" / "fixtures" / "data"
 
@@ -63,3 +68,31 @@ def test_data_stage_writes_our_format_from_a_flashrag_corpus(tmp_path):
     rows = [json.loads(line) for line in (out / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 1000 and set(rows[0]) == {"id", "title", "text"}
     assert stats["bm25_documents"] == 1000 and stats["rows_train"] == 500 and stats["rows_nq"] == 17
+
+
+def test_a_line_that_is_not_utf8_names_the_file_and_the_line(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"id": "1", "text": "ok"}\n\xff\xfe not text\n')
+    with pytest.raises(MalformedRowError, match=r"c\.jsonl, line 2: not valid UTF-8 \(byte 0xff at column 1\)"):
+        read_corpus(path)
+
+
+def test_an_empty_corpus_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n\n")
+    with pytest.raises(MalformedRowError, match=r"empty\.jsonl: the corpus holds no documents"):
+        read_corpus(path)
+    with pytest.raises(MalformedRowError, match="corpus file not found"):
+        read_corpus(tmp_path / "missing.jsonl")
+
+
+def test_skip_malformed_covers_corpus_lines(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"id": "1", "text": "ok"}\n\xff bad\n{broken\n[1, 2]\n{"id": "5"}\n{"id": "6", "contents": "\\"T\\"\\nfine"}\n')
+    skipped: list[int] = []
+    docs = read_corpus(path, skip_malformed=True, skipped=skipped)
+    assert [d["id"] for d in docs] == ["1", "6"] and len(skipped) == 4
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(b'{"a": 1}\n\n{broken\n')
+    with pytest.raises(MalformedRowError, match=r"broken\.jsonl, line 3: not valid JSON"):
+        read_jsonl(broken)

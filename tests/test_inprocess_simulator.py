@@ -138,7 +138,7 @@ def test_served_client_sends_one_derived_seed_per_request(monkeypatch):
 
     sent = []
     client = SimulatorClient("http://127.0.0.1:9/v1", "m")
-    monkeypatch.setattr(client, "_post_with_retries", lambda path, body: sent.append(body) or "x")
+    monkeypatch.setattr(client, "_post_with_retries", lambda path, body, abort=None: sent.append(body) or "x")
     client.complete(["a", "b", "c"], max_tokens=4, temperature=1.0, seed=11)
     assert [b["seed"] for b in sent] == [request_seed(11, i) for i in range(3)]
     assert len({b["seed"] for b in sent}) == 3 and all(0 <= b["seed"] < 2**31 for b in sent)

@@ -1,6 +1,7 @@
 """Stage flows under Prefect's test harness, and MLflow run nesting."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -85,6 +86,10 @@ def test_stage_runs_nest_under_one_pipeline_run(tmp_path, monkeypatch):
     assert len(parents) == 1 and sorted(r.data.tags["stage"] for r in children) == ["base", "data"]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert all(r.data.tags["git_revision"] for r in children)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training view
+    import torch
+
+    assert all(r.data.tags["version.torch"] == torch.__version__ and r.data.tags["env.python"] for r in children)
     data_run = next(r for r in children if r.data.tags["stage"] == "data")
     history = client.get_metric_history(data_run.info.run_id, "data_loss")
     assert [(m.step, m.value) for m in history] == [(0, 1.5), (1, 0.5)]
@@ -173,3 +178,26 @@ def test_train_flow_opens_a_run_and_writes_metrics_only_in_the_main_process(tmp_
     monkeypatch.setenv("RANK", "0")
     assert module.train_flow.fn("params.yaml") == {"tracker": "MemoryTracker"}
     assert written == [tmp_path / "metrics" / "train.json"] and len(runs) == 1
+
+
+def test_a_stage_failing_on_bad_input_prints_one_line_not_a_traceback(tmp_path):
+    """A corpus line that is not UTF-8: `zerosearch data` exits 2 with the file and line named,
+    and neither Prefect's log nor the CLI prints a traceback (it printed ~350 lines before)."""
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(b'{"id": "1", "text": "ok"}\n\xff\xfe bad\n')
+    sets = ["data.source=hub", f"data.train_source={tmp_path}", f"data.benchmarks_source={tmp_path}",
+            "data.benchmarks=[]", "data.in_domain=[]", f"data.corpus={corpus}", f"base.paths.data={tmp_path}/data",
+            f"base.paths.metrics={tmp_path}/metrics"]
+    (tmp_path / "train.parquet").write_bytes((REPO.parent / "shared" / "fixtures" / "data" /
+                                             "searchr1_nq_search_sample.parquet").read_bytes())
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / ".prefect"),
+           "ZEROSEARCH_TRACKING": "off", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    proc = subprocess.run([sys.executable, "-m", "zerosearch.cli", "data", *[a for s in sets for a in ("--set", s)]],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert f"error: {corpus}, line 2: not valid UTF-8" in out
+    assert "Traceback" not in out and "│" not in out and len(out.splitlines()) < 20

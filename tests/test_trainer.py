@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 from tests.conftest import micro_config
 from zerosearch.agent.evaluation import predict_agent
 from zerosearch.data.schema import read_qa_parquet
-from zerosearch.rl.checkpoint import latest_checkpoint, list_checkpoints
+from zerosearch.rl.checkpoint import checkpoint_problem, latest_checkpoint, list_checkpoints, read_trainer_state
 from zerosearch.rl.trainer import (
     Experience,
     RLTrainer,
@@ -296,12 +296,40 @@ def test_a_planted_trainer_state_is_refused_on_resume_and_runs_nothing(micro_wor
     ckpt = latest_checkpoint(tmp_path / "ckpt")
     marker = tmp_path / "pwned"
     (ckpt / "trainer_state.pt").write_bytes(_planted_pickle(marker))
-    with pytest.raises(ValueError, match=r"cannot resume from .*step_000002/trainer_state\.pt: not a trainer state"):
+    with pytest.raises(ValueError, match=r"every checkpoint is damaged:\n  .*step_000002: trainer_state\.pt is not a trainer state"):
         _trainer(cfg, tmp_path / "ckpt").fit(resume=True)
     assert not marker.exists()
     (ckpt / "trainer_state.pt").write_bytes(b"\x80\x04truncated")  # a foreign or cut file: the same clear error
-    with pytest.raises(ValueError, match=r"trainer_state\.pt: not a trainer state"):
+    with pytest.raises(ValueError, match=r"step_000002: trainer_state\.pt is not a trainer state"):
         _trainer(cfg, tmp_path / "ckpt").fit(resume=True)
+    with pytest.raises(ValueError, match=r"cannot resume from .*step_000002/trainer_state\.pt: not a trainer state"):
+        read_trainer_state(ckpt)  # read directly: the file named, nothing run
+
+
+def _cut(path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("damage", ["policy weights cut", "trainer state cut", "state.json cut", "policy config gone"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_intact_one(micro_world, tmp_path, capsys, damage):
+    cfg = _cfg(micro_world, tmp_path, "train.total_steps=2", "train.save_every=1")
+    trainer = _trainer(cfg, tmp_path / "ckpt")
+    trainer.fit()
+    first = [dict(h) for h in trainer.history][:1]
+    newest = latest_checkpoint(tmp_path / "ckpt")
+    assert newest.name == "step_000002"
+    target = {"policy weights cut": next((newest / "policy").glob("*.safetensors")),
+              "trainer state cut": newest / "trainer_state.pt", "state.json cut": newest / "state.json",
+              "policy config gone": newest / "policy" / "config.json"}[damage]
+    target.unlink() if damage == "policy config gone" else _cut(target)
+    assert checkpoint_problem(newest) is not None
+    resumed = _trainer(cfg, tmp_path / "ckpt")
+    assert resumed.setup(resume=True) == 1  # the intact step_000001, and it says why
+    out = capsys.readouterr().out
+    assert f"{newest} is damaged" in out and target.name in out and "resuming from step_000001" in out
+    assert [{k: v for k, v in h.items() if k != "step_seconds"} for h in resumed.history] == [
+        {k: v for k, v in h.items() if k != "step_seconds"} for h in first]
 
 
 def test_the_config_is_checked_before_the_trainer_state_is_read(micro_world, tmp_path):

@@ -408,5 +408,17 @@ def world_show(
             console.print(f"  {r['question']}  ->  {r['golden_answers']}", highlight=False)
 
 
+def main() -> None:
+    """The ``zerosearch`` command: an ``InputError`` (a bad key, row or file, a server that does
+    not start) is one line on stderr and exit code 2; anything else keeps its traceback."""
+    from zerosearch.errors import InputError
+
+    try:
+        app()
+    except InputError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)  # a long path stays on its line
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -27,12 +27,14 @@ from pydantic import (
     model_validator,
 )
 
+from zerosearch.errors import InputError
+
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A config file or override that does not fit the schema; the message names key and file."""
 
 
@@ -214,6 +216,7 @@ class SimulatorSection(_Section):
     startup_timeout: PositiveFloat
     request_timeout: PositiveFloat
     max_retries: Annotated[int, Field(ge=0)]
+    stall_timeout: PositiveFloat
     concurrency: PositiveInt
     cache_dir: str | None
     hybrid_real_fraction: Probability

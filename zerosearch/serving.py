@@ -55,6 +55,7 @@ from typing import Literal
 
 import httpx
 
+from zerosearch.errors import InputError
 from zerosearch.tether import tethered
 
 __all__ = ["ServerSpec", "ServerStartError", "free_port", "health_ok", "port_in_use",
@@ -67,7 +68,7 @@ _LOG_TAIL_LINES = 40
 _PORT_RETRIES = 3  # new ports tried when an auto-picked port was taken before the server bound it
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(InputError, RuntimeError):
     """The simulator server could not be started, or did not become healthy in time."""
 
 

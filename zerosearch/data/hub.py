@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from zerosearch.data.schema import normalize_rows, read_jsonl
+from zerosearch.errors import InputError
 
 ZEROSEARCH_REPO = "sunhaonlp/ZeroSearch_dataset"
 FLASHRAG_REPO = "RUC-NLPIR/FlashRAG_datasets"
@@ -44,7 +45,7 @@ _KEEP = ("id", "question", "golden_answers", "data_source", "reward_model", "pro
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(InputError, RuntimeError):
     """The requested data file is neither in a local directory, in the HF cache, nor reachable."""
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from zerosearch.atomic import atomic_path
+from zerosearch.errors import InputError
 
 QA_COLUMNS = ("id", "question", "golden_answers", "data_source", "split")
 QA_SCHEMA = pa.schema(
@@ -35,7 +36,7 @@ PROMPT_COLUMN = "prompt"  # optional: written only when some row has one
 PROMPT_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
 
-class MalformedRowError(ValueError):
+class MalformedRowError(InputError, ValueError):
     """A row that cannot be normalized; the message names the file and the row."""
 
 
@@ -170,18 +171,34 @@ def write_jsonl(records: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     return path
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read jsonl; a bad line raises naming the file and the line number."""
+def read_jsonl(path: str | Path, *, skip_malformed: bool = False, skipped: list[int] | None = None
+               ) -> list[dict[str, Any]]:
+    """Read jsonl; a line that is not UTF-8 or not a JSON object raises naming the file and the
+    line number, unless ``skip_malformed`` (then its number is appended to ``skipped``)."""
     path = Path(path)
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise MalformedRowError(f"{path}, line {n}: not valid JSON ({e.msg})") from e
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problem = f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+            else:
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    problem = f"not valid JSON ({e.msg})"
+                else:
+                    if isinstance(record, dict):
+                        out.append(record)
+                        continue
+                    problem = f"a JSON {type(record).__name__}, not an object"
+            if not skip_malformed:
+                raise MalformedRowError(f"{path}, line {n}: {problem}")
+            if skipped is not None:
+                skipped.append(n)
     return out
 
 
@@ -194,17 +211,35 @@ def flashrag_document(contents: str) -> tuple[str, str]:
     return head.strip().strip('"').strip(), body.strip()
 
 
-def read_corpus(path: str | Path) -> list[dict[str, str]]:
+def read_corpus(path: str | Path, *, skip_malformed: bool = False, skipped: list[int] | None = None
+                ) -> list[dict[str, str]]:
     """Read a jsonl corpus as ``{id, title, text}`` documents; names the bad line.
 
     Rows are ours (``{id, title, text}``) or FlashRAG / Search-R1's (``{id, contents}`` with
-    ``contents`` = ``"Title"\npassage``, the wiki-18 corpus format), converted on read."""
-    docs = read_jsonl(path)
+    ``contents`` = ``"Title"\npassage``, the wiki-18 corpus format), converted on read. A line
+    that is not UTF-8, not JSON or has no text raises naming the file and the line, unless
+    ``skip_malformed`` (its line number then goes to ``skipped``); a corpus with no documents
+    left is an error either way."""
+    path = Path(path)
+    if not path.is_file():
+        raise MalformedRowError(f"corpus file not found: {path}")
+    lines: list[int] = []
+    docs = read_jsonl(path, skip_malformed=skip_malformed, skipped=lines)
+    kept = []
     for n, d in enumerate(docs, start=1):
         if "text" not in d and isinstance(d.get("contents"), str):
             d["title"], d["text"] = flashrag_document(d.pop("contents"))
         if not isinstance(d.get("text"), str) or not d["text"].strip():
-            raise MalformedRowError(f"{path}, document {n}: missing or empty 'text' (or FlashRAG 'contents')")
+            if not skip_malformed:
+                raise MalformedRowError(f"{path}, document {n}: missing or empty 'text' (or FlashRAG 'contents')")
+            lines.append(-n)  # a document number, not a line: JSON was fine, the text was not
+            continue
         d.setdefault("title", "")
         d["id"] = str(d["id"]) if d.get("id") not in (None, "") else str(n - 1)
-    return docs
+        kept.append(d)
+    if skipped is not None:
+        skipped.extend(lines)
+    if not kept:
+        why = f" ({len(lines)} malformed line(s) skipped)" if lines else ""
+        raise MalformedRowError(f"{path}: the corpus holds no documents{why}")
+    return kept

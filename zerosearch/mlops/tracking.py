@@ -104,6 +104,11 @@ def _parent_run_id(mlflow, experiment_id: str, key: str) -> str:
     return run.info.run_id
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, evaluations),
+# where a training run is filed under "Evaluations"; ours is model training.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, config, params_file: str | Path = "params.yaml") -> Iterator[Tracker]:
     """An MLflow run for one stage, nested under the pipeline run; yields a tracker.
@@ -116,6 +121,8 @@ def stage_run(stage: str, config, params_file: str | Path = "params.yaml") -> It
 
     mlflow.set_tracking_uri(tracking_uri())
     experiment = mlflow.set_experiment(config.base.mlflow_experiment)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # the UI's model-training view
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     parent = _parent_run_id(mlflow, experiment.experiment_id, pipeline_key(params_file))
     tags = {"stage": stage, "git_revision": git_revision(), **version_tags(environment())}
     if os.environ.get("DVC_EXP_NAME"):

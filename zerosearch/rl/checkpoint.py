@@ -10,7 +10,10 @@ A checkpoint holds everything a resumed run needs to continue exactly where it s
       state.json           step, config, metric history (the plots file is rebuilt from it)
 
 The directory is written under a temporary name and renamed, so a crash never leaves half a
-checkpoint; only the newest ``keep`` checkpoints are kept.
+checkpoint; only the newest ``keep`` checkpoints are kept. A checkpoint damaged afterwards (a
+disk filled up, a file cut by a copy, a hand edit) is found by ``checkpoint_problem`` before
+anything is loaded, and ``--resume`` falls back to the newest intact one, saying which file
+was wrong.
 """
 
 from __future__ import annotations
@@ -74,6 +77,76 @@ def save_checkpoint(root: str | Path, step: int, *, policy, tokenizer, trainer_s
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """Why a safetensors file cannot be whole (cut, not one), from its header alone."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                return f"{file.name} is cut or not safetensors ({size} bytes, header claims {n})"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as e:
+        return f"{file.name} has an unreadable header ({type(e).__name__})"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    need = 8 + n + max(ends, default=0)
+    return None if size == need else f"{file.name} is cut: {size} of {need} bytes"
+
+
+def checkpoint_problem(path: str | Path, *, critic: bool = False, check_state=None) -> str | None:
+    """What is wrong with checkpoint ``path`` (None when it is whole): ``state.json`` readable
+    with its keys, ``trainer_state.pt`` loadable as data, the policy's (and the critic's)
+    ``config.json`` and weight files present and not cut. Nothing is loaded into a model.
+    ``check_state(path, state)`` runs on ``state.json`` before anything else is read (the
+    trainer refuses a changed config there: an error, not damage)."""
+    path = Path(path)
+    try:
+        state = read_state(path)
+        missing = [k for k in ("step", "config", "history") if k not in state]
+    except (OSError, ValueError) as e:
+        return f"state.json is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    if missing:
+        return f"state.json lacks {missing}"
+    if check_state is not None:
+        check_state(path, state)
+    try:
+        read_trainer_state(path)
+    except (OSError, ValueError) as e:
+        return str(e).split(";")[0].replace(f"cannot resume from {path / 'trainer_state.pt'}: ", "trainer_state.pt is ")
+    for part in ("policy", "critic") if critic else ("policy",):
+        folder = path / part
+        if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+            return f"{part}/config.json is missing"
+        weights = sorted(folder.glob("*.safetensors"))
+        if not weights:
+            return f"{part}/ holds no .safetensors weights"
+        for file in weights:
+            problem = _safetensors_problem(file)
+            if problem:
+                return f"{part}/{problem}"
+    return None
+
+
+def intact_checkpoint(root: str | Path, *, critic: bool = False, check_state=None, warn=print) -> Path | None:
+    """The newest checkpoint under ``root`` without a ``checkpoint_problem``; each newer damaged
+    one is named with its problem through ``warn``. None when there is none at all; a
+    ``ValueError`` listing every problem when all are damaged."""
+    found = list_checkpoints(root)
+    problems = []
+    for path in reversed(found):
+        problem = checkpoint_problem(path, critic=critic, check_state=check_state)
+        if problem is None:
+            for damaged, why in problems:
+                warn(f"--resume: {damaged} is damaged ({why}); resuming from {path.name}, the newest intact checkpoint")
+            return path
+        problems.append((path, problem))
+    if problems:
+        raise ValueError("cannot resume: every checkpoint is damaged:\n  "
+                         + "\n  ".join(f"{p}: {why}" for p, why in problems)
+                         + "\nstart a fresh run (without --resume) or restore a checkpoint")
+    return None
 
 
 def read_state(path: str | Path) -> dict[str, Any]:

@@ -110,7 +110,7 @@ from zerosearch.rl.algorithms import (
 from zerosearch.rl.checkpoint import (
     checkpoint_path,
     config_differences,
-    latest_checkpoint,
+    intact_checkpoint,
     read_state,
     read_trainer_state,
     rng_state,
@@ -267,17 +267,13 @@ class RLTrainer:
     def setup(self, resume: bool = False) -> int:
         """Load models (from the newest checkpoint when ``resume``); returns the first step to run."""
         check_deepspeed(self._deepspeed_plugin(), self.t, resume=resume)
-        ckpt = latest_checkpoint(self.checkpoint_dir) if resume else None
+        ckpt = (intact_checkpoint(self.checkpoint_dir, critic=self.spec.critic, check_state=self._check_config)
+                if resume else None)
         if resume and ckpt is None:
             print(f"--resume: no checkpoint under {self.checkpoint_dir}; starting from step 0")
         self._check_process_split()
         torch.manual_seed(self.cfg.base.seed)  # a run is a function of its config, not of what ran before
-        state = read_state(ckpt) if ckpt is not None else None
-        if state is not None:  # the config is checked before anything else of the checkpoint is read
-            diff = config_differences(state["config"], self.cfg.model_dump())
-            if diff:
-                raise ValueError(f"cannot resume from {ckpt}: the config changed since it was written:\n  "
-                                 + "\n  ".join(diff) + "\nrestore those values or start a fresh run")
+        state = read_state(ckpt) if ckpt is not None else None  # its config was checked first
         self.m = self._build_models(ckpt)
         if state is not None:
             trainer_state = read_trainer_state(ckpt)
@@ -294,6 +290,13 @@ class RLTrainer:
             self.validations = state.get("validations", [])
             self.start_step = state["step"]
         return self.start_step
+
+    def _check_config(self, ckpt: Path, state: dict) -> None:
+        """A checkpoint written under another config is refused (before anything else of it is read)."""
+        diff = config_differences(state["config"], self.cfg.model_dump())
+        if diff:
+            raise ValueError(f"cannot resume from {ckpt}: the config changed since it was written:\n  "
+                             + "\n  ".join(diff) + "\nrestore those values or start a fresh run")
 
     def _check_process_split(self) -> None:
         """Each of N processes trains on batch_prompts / N prompts and mini_batch_size / N of

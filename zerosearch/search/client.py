@@ -1,6 +1,13 @@
 """A batched client for the OpenAI-compatible servers (sglang, vLLM, ``transformers serve``)
 that host the simulator LLM. Every request has a bounded number of attempts (no retrying
 forever): a dead server raises ``SimulatorUnavailableError`` instead of hanging training.
+
+A whole call is bounded too: when no request of the call has finished for ``stall_timeout``
+seconds (a frozen server: it accepts connections and never answers), or one request has used
+up its attempts, the call fails at once: the requests still queued are dropped and those in
+flight are aborted (the connection pool is closed under them). So a frozen simulator fails a
+call in about ``stall_timeout`` seconds, whatever the number of queued requests, instead of
+``request_timeout x attempts`` per wave of ``concurrency`` requests.
 """
 
 from __future__ import annotations
@@ -14,12 +21,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Literal
 
 import httpx
 
+from zerosearch.errors import InputError
 from zerosearch.search.curriculum import mix_seed
 
 __all__ = ["SimulatorClient", "SimulatorRequestError", "SimulatorUnavailableError", "request_seed"]
@@ -30,7 +38,7 @@ def request_seed(seed: int, index: int) -> int:
     return mix_seed(seed, index) % 2**31
 
 
-class SimulatorUnavailableError(RuntimeError):
+class SimulatorUnavailableError(InputError, RuntimeError):
     """The simulator server could not produce a completion within the allowed attempts."""
 
 
@@ -59,7 +67,7 @@ class SimulatorClient:
                  api: Literal["completions", "chat"] = "completions", timeout: float = 60.0,
                  max_retries: int = 3, backoff: float = 0.5, concurrency: int = 8,
                  cache_dir: str | Path | None = None, api_key: str = "EMPTY",
-                 system_message: str | None = None) -> None:
+                 system_message: str | None = None, stall_timeout: float | None = None) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
             raise ValueError("base_urls must name at least one server URL")
@@ -67,10 +75,12 @@ class SimulatorClient:
             raise ValueError(f"api must be 'completions' or 'chat', got {api!r}")
         if api == "completions" and system_message is not None:
             raise ValueError("a system message needs api='chat' (a raw completion has no messages)")
-        if timeout <= 0 or max_retries < 0 or backoff < 0 or concurrency < 1:
+        stall_timeout = 2 * timeout if stall_timeout is None else stall_timeout
+        if timeout <= 0 or max_retries < 0 or backoff < 0 or concurrency < 1 or stall_timeout <= 0:
             raise ValueError(
-                f"need timeout > 0, max_retries >= 0, backoff >= 0, concurrency >= 1; got "
-                f"{timeout=}, {max_retries=}, {backoff=}, {concurrency=}")
+                f"need timeout > 0, max_retries >= 0, backoff >= 0, concurrency >= 1, stall_timeout > 0; got "
+                f"{timeout=}, {max_retries=}, {backoff=}, {concurrency=}, {stall_timeout=}")
+        self.stall_timeout = stall_timeout
         self.base_urls = [u.rstrip("/") for u in urls]
         self.model, self.api, self.timeout = model, api, timeout
         self.system_message = system_message
@@ -79,10 +89,13 @@ class SimulatorClient:
         self.cache_hits = self.requests = 0  # hits in cache_dir; HTTP requests incl. retries
         self._lock = threading.Lock()
         self._next_url = itertools.count()
-        self._http = httpx.Client(
-            timeout=timeout, trust_env=False,
-            headers={"Authorization": f"Bearer {api_key}"},
-            limits=httpx.Limits(max_connections=concurrency * len(self.base_urls)))
+        self._api_key = api_key
+        self._http = self._new_http()
+
+    def _new_http(self) -> httpx.Client:
+        return httpx.Client(timeout=self.timeout, trust_env=False,
+                            headers={"Authorization": f"Bearer {self._api_key}"},
+                            limits=httpx.Limits(max_connections=self.concurrency * len(self.base_urls)))
 
     def complete(self, prompts: Sequence[str], *, max_tokens: int, temperature: float,
                  top_p: float | None = 1.0, seed: int | None = None) -> list[str]:
@@ -100,12 +113,39 @@ class SimulatorClient:
         params = {"max_tokens": max_tokens, "temperature": temperature}
         params.update({} if top_p is None else {"top_p": top_p})
         requests = [params if seed is None else {**params, "seed": request_seed(seed, i)} for i in range(len(prompts))]
+        abort = threading.Event()  # set when this call gives up: its requests stop retrying
         pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts)))
+        futures = [pool.submit(self._complete_one, p, r, abort) for p, r in zip(prompts, requests, strict=True)]
+        pending, last_progress = set(futures), time.monotonic()
         try:
-            futures = [pool.submit(self._complete_one, p, r) for p, r in zip(prompts, requests, strict=True)]
+            while pending:
+                done, pending = wait(pending, timeout=max(0.0, last_progress + self.stall_timeout - time.monotonic()),
+                                     return_when=FIRST_COMPLETED)
+                for f in done:
+                    f.result()  # a request that used up its attempts fails the call now
+                if done:
+                    last_progress = time.monotonic()
+                elif pending:
+                    raise SimulatorUnavailableError(
+                        f"simulator at {', '.join(self.base_urls)} answered none of {len(pending)} pending "
+                        f"request(s) for {self.stall_timeout:g}s (simulator.stall_timeout; each request times "
+                        f"out after {self.timeout:g}s): the server is frozen or overloaded. Check its log and "
+                        f"that it answers (e.g. curl {self.base_urls[0]}/models).")
             return [f.result() for f in futures]
-        finally:  # on failure, drop queued prompts; in-flight ones end within their timeouts
-            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            self._give_up(pool, abort)
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _give_up(self, pool: ThreadPoolExecutor, abort: threading.Event) -> None:
+        """Stop the failed call's work: queued requests dropped, retries stopped, the connection
+        pool closed under the requests in flight (a fresh one serves the next call; a request
+        blocked in a read may still end only at its own timeout, in the background)."""
+        abort.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        http, self._http = self._http, self._new_http()
+        http.close()
 
     def health(self, timeout: float = 2.0) -> bool:
         """True if any server answers 200 on ``<root>/health`` or ``<base>/models``
@@ -130,7 +170,7 @@ class SimulatorClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _complete_one(self, prompt: str, params: dict) -> str:
+    def _complete_one(self, prompt: str, params: dict, abort: threading.Event | None = None) -> str:
         key = self._cache_key(prompt, params)
         cached = self._cache_get(key)
         if cached is not None:
@@ -140,21 +180,23 @@ class SimulatorClient:
             path, body = "/chat/completions", {"messages": [*system, {"role": "user", "content": prompt}]}
         else:
             path, body = "/completions", {"prompt": prompt}
-        text = self._post_with_retries(path, {"model": self.model, **body, **params})
+        text = self._post_with_retries(path, {"model": self.model, **body, **params}, abort)
         self._cache_put(key, text)
         return text
 
-    def _post_with_retries(self, path: str, body: dict) -> str:
+    def _post_with_retries(self, path: str, body: dict, abort: threading.Event | None = None) -> str:
         start = next(self._next_url)
         attempts, used, last = self.max_retries + 1, [], "no attempt made"
         for attempt in range(attempts):
             base = self.base_urls[(start + attempt) % len(self.base_urls)]
             used += [] if base in used else [base]
+            if abort is not None and abort.is_set():
+                break  # the call already failed: no more attempts
             try:
                 return self._post_once(base + path, body)
             except _Retryable as err:
                 last = str(err)
-            if attempt + 1 < attempts:
+            if attempt + 1 < attempts and not (abort is not None and abort.is_set()):
                 delay = min(self.backoff * 2**attempt, 30.0)  # capped at 30 s
                 time.sleep(delay + random.uniform(0, 0.1 * delay))
         raise SimulatorUnavailableError(

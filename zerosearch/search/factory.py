@@ -30,6 +30,7 @@ def simulator_client(cfg: Config, simulator_url: str | list[str], *, cache: bool
     return SimulatorClient(
         simulator_url, model=cfg.served_simulator(), api=sim.api, system_message=sim.system_message,
         timeout=sim.request_timeout, max_retries=sim.max_retries, concurrency=sim.concurrency,
+        stall_timeout=sim.stall_timeout,
         cache_dir=sim.cache_dir if cache else None,
     )
 

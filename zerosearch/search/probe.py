@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from zerosearch.config import Config
+from zerosearch.errors import InputError
 from zerosearch.rewards import normalize_answer
 from zerosearch.search.simulated import Completer
 from zerosearch.search.simulator_output import parse_documents
@@ -35,7 +36,7 @@ __all__ = ["ProbeResult", "SimulatorProbeError", "check_probe", "contains_gold",
            "probe_questions", "run_probe"]
 
 
-class SimulatorProbeError(RuntimeError):
+class SimulatorProbeError(InputError, RuntimeError):
     """The simulator's useful/noisy switch did not work in the probe."""
 
 

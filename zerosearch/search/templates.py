@@ -27,6 +27,8 @@ from string import Template
 
 import yaml
 
+from zerosearch.errors import InputError
+
 __all__ = ["PLACEHOLDERS", "PROMPTS_DIR", "PromptTemplate", "TemplateError", "load_template", "named_template"]
 
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "configs" / "prompts"
@@ -34,7 +36,7 @@ PLACEHOLDERS = ("query", "question", "answer", "k", "kind", "Kind")
 _KEYS = {"description", "useful", "noisy"}
 
 
-class TemplateError(ValueError):
+class TemplateError(InputError, ValueError):
     """A template file that is missing or malformed; the message names the file."""
 
 

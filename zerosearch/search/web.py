@@ -17,13 +17,14 @@ from typing import Literal
 
 import httpx
 
+from zerosearch.errors import InputError
 from zerosearch.protocol import Doc
 
 SERPER_URL = "https://google.serper.dev/search"
 _PROVIDERS = {"serper": "Serper"}
 
 
-class WebSearchError(RuntimeError):
+class WebSearchError(InputError, RuntimeError):
     """A web search request failed (after its retries, for transient errors)."""
 
 

@@ -61,8 +61,10 @@ def _hub_files(cfg: Config, out: Path) -> dict[str, Any]:
         rows, n = hub.load_benchmark(name, source=cfg.data.benchmarks_source, skip_malformed=skip)
         splits[name] = rows
         skipped += n
-    if cfg.data.corpus:  # ours or FlashRAG's format in, ours out
-        write_jsonl(read_corpus(cfg.data.corpus), out / "corpus.jsonl")
+    if cfg.data.corpus:  # ours or FlashRAG's format in, ours out; data.skip_malformed covers its lines too
+        bad: list[int] = []
+        write_jsonl(read_corpus(cfg.data.corpus, skip_malformed=skip, skipped=bad), out / "corpus.jsonl")
+        skipped += len(bad)
     return {"splits": splits, "stats": {}, "skipped": skipped}
 
 
