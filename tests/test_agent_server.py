@@ -12,7 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import openai
@@ -21,13 +21,12 @@ import torch
 import uvicorn
 
 import zerosearch.agent.ask as ask_module
+from tests.conftest import REPO, micro_config, micro_overrides
 from zerosearch.agent.ask import Agent
 from zerosearch.agent.rollout import RolloutSettings
 from zerosearch.agent.server import create_app
 from zerosearch.protocol import Doc
 from zerosearch.search.factory import make_engine
-
-from tests.conftest import REPO, micro_config, micro_overrides
 
 SETTINGS = RolloutSettings(max_search_turns=2, max_response_tokens=16, max_obs_tokens=256)
 
@@ -73,7 +72,7 @@ class ScriptedGenerator:
     """A policy that searches once, then answers ``A-<n>`` for question ``Q-<n>``; records the
     batch size of every generate call (the rollout batches across requests through it)."""
 
-    batches: list[int] = []
+    batches: ClassVar[list[int]] = []
 
     def __init__(self, model, tokenizer, do_sample=False):
         self.tokenizer, self.turn = tokenizer, {}
