@@ -255,3 +255,14 @@ def test_serve_agent_command_serves_and_stops_on_sigterm(micro_world):
         out, _ = proc.communicate(timeout=60)
     assert "stopped" in out and "Application shutdown complete" in out, out
     assert proc.returncode in (0, 128 + signal.SIGTERM), out  # SIGTERM ends it as Ctrl-C does
+
+
+def test_a_simulator_server_that_is_down_gives_a_503_naming_it(scripted, micro_world):
+    """The real simulated engine, its server's port closed: an error reply, not a hang."""
+    cfg = micro_config(micro_world, "simulator.backend=url", "simulator.max_retries=0")
+    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    engine = make_engine(cfg, "simulated", simulator_url=dead)
+    with running(create_app(scripted(engine))) as url, pytest.raises(openai.APIStatusError) as e:
+        _ask(_client(url), "Q-1?")
+    assert e.value.status_code == 503 and e.value.body["code"] == "search_engine_failed"
+    assert "127.0.0.1" in e.value.message, e.value.message
