@@ -25,7 +25,7 @@ from zerosearch.config import Config, ConfigError, load_config
 
 app = typer.Typer(
     help="ZeroSearch: train a search agent against a simulated search engine.\n\n"
-    "Stages: data -> base -> simulator_sft -> train -> evaluate (aliases: sft, eval); `dvc repro` runs them all; `zerosearch ask` queries the agent. "
+    "Stages: data -> base -> simulator_sft -> train -> evaluate (aliases: sft, eval); `dvc repro` runs them all; `zerosearch ask` queries the agent, `zerosearch serve-agent` serves it (OpenAI API). "
     "`zerosearch serve` serves the simulator, `zerosearch simulator probe` checks its useful/noisy switch. `zerosearch experiment` runs a DVC experiment, `zerosearch deploy` "
     "schedules them, `zerosearch ui` starts the MLflow UI.",
     no_args_is_help=True,
@@ -143,6 +143,25 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> Non
 app.command("eval", help="Alias of evaluate.")(evaluate)
 
 
+def _load_agent(cfg: Config, policy: str | None, eng):
+    """The agent ``ask`` and ``serve-agent`` use: policy ``policy`` (default ``eval.policy``; a
+    ``models:/`` reference is resolved through the MLflow registry) over engine ``eng``, under
+    the rollout settings ``evaluate`` uses. A policy that cannot load exits 2."""
+    from zerosearch.agent.ask import Agent
+    from zerosearch.agent.rollout import RolloutSettings
+
+    ref = policy or cfg.eval.policy
+    try:
+        if ref.startswith("models:/"):
+            from zerosearch.mlops.registry import resolve_policy
+
+            ref = resolve_policy(ref)
+        return Agent.load(ref, eng, RolloutSettings.from_config(cfg), trust_remote_code=cfg.base.trust_remote_code)
+    except (OSError, FileNotFoundError) as e:
+        err.print(f"[red]error:[/red] cannot load policy {policy or cfg.eval.policy!r}: {e}", highlight=False)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="The question to answer.")],
@@ -159,22 +178,10 @@ def ask(
     if not question.strip():
         err.print("[red]error:[/red] the question is empty", highlight=False)
         raise typer.Exit(2)
-    from zerosearch.agent.ask import Agent
-    from zerosearch.agent.rollout import RolloutSettings
     from zerosearch.search.factory import open_engine
 
-    ref = policy or cfg.eval.policy
     with open_engine(cfg, engine or cfg.eval.engine) as eng:
-        try:
-            if ref.startswith("models:/"):
-                from zerosearch.mlops.registry import resolve_policy
-
-                ref = resolve_policy(ref)
-            agent = Agent.load(ref, eng, RolloutSettings.from_config(cfg), trust_remote_code=cfg.base.trust_remote_code)
-        except (OSError, FileNotFoundError) as e:
-            err.print(f"[red]error:[/red] cannot load policy {policy or cfg.eval.policy!r}: {e}", highlight=False)
-            raise typer.Exit(2) from None
-        answer = agent.ask(question, gold)
+        answer = _load_agent(cfg, policy, eng).ask(question, gold)
     if as_json:
         print(json.dumps(answer.to_dict(), indent=1))
         return
@@ -185,6 +192,42 @@ def ask(
     plural = "" if answer.searches == 1 else "es"
     console.print(f"[bold]=> {answer.answer or '(no answer)'}[/bold] after {answer.searches} search{plural}",
                   highlight=False)
+
+
+@app.command("serve-agent")
+def serve_agent(
+    policy: Annotated[str | None, typer.Option(help="Policy: a directory, a hub id, or models:/<name>/<version> "
+                                               "from the MLflow registry. Default: eval.policy.")] = None,
+    engine: Annotated[str | None, typer.Option(help="bm25 | dense | web | simulated | hybrid. Default: eval.engine.")] = None,
+    host: Annotated[str, typer.Option(help="Address the server binds; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the server.")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Most questions answered in one batched rollout.")] = 16,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits for more questions after its first.")] = 20,
+    max_queue: Annotated[int, typer.Option(help="Requests that may wait; one more gets 429.")] = 64,
+    request_timeout: Annotated[float, typer.Option(help="Seconds before a request gets 504.")] = 600,
+    params: ParamsOpt = Path("params.yaml"),
+    set: SetOpt = None,
+) -> None:
+    """Serve the search agent behind an OpenAI-compatible /v1/chat/completions (and /health) until Ctrl-C.
+    The reply's content is the final answer; the search trace is in its `zerosearch` field. Same
+    prompt, chat template and limits as evaluate."""
+    cfg = _config(params, set)
+    from zerosearch.agent.server import create_app, serve
+    from zerosearch.search.factory import open_engine
+
+    name = policy or cfg.eval.policy
+    with open_engine(cfg, engine or cfg.eval.engine) as eng:
+        agent = _load_agent(cfg, policy, eng)
+        app_ = create_app(agent, model_name=name, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                          max_queue=max_queue, request_timeout=request_timeout)
+        console.print(f"agent [bold]{name}[/bold] (engine {engine or cfg.eval.engine}) at "
+                      f"[bold]http://{host}:{port}/v1[/bold]; Ctrl-C to stop", highlight=False)
+        try:
+            serve(app_, host=host, port=port)  # uvicorn stops cleanly on Ctrl-C / SIGTERM, then re-raises it
+        except KeyboardInterrupt:
+            pass
+        finally:
+            console.print("stopped")
 
 
 @app.command()

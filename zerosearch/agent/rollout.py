@@ -137,6 +137,8 @@ class Trajectory:
     searches: int = 0
     invalid_actions: int = 0
     noisy: list[bool | None] = field(default_factory=list)  # per search: docs asked noisy?
+    queries: list[str] = field(default_factory=list)  # per search: the query the engine got
+    documents: list[list[Doc]] = field(default_factory=list)  # per search: the documents it returned
     truncated_observations: int = 0
     hit_length_limit: int = 0  # turns that ran out of max_new_tokens without stopping
     hit_context_limit: bool = False  # stopped because the next turn could outgrow the window
@@ -277,6 +279,8 @@ def _answer_searches(pending: list[Trajectory], engine: SearchEngine, tokenizer,
     for t, docs, ids in zip(pending, results, blocks, strict=True):
         t.searches += 1
         t.noisy.append(_noisy_flag(docs))
+        t.queries.append(t.pending_query or "")
+        t.documents.append(list(docs))
         # Retrieved documents are state, not actions: state masking keeps them out of the loss.
         t.append(_observation_ids(ids, tokenizer, s, t), trained=False)
         t.pending_query = None
