@@ -5,6 +5,7 @@ rollout backend choice, launch configs), and `gpu`-marked tests that run the tra
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -334,7 +335,15 @@ def test_checkpoints_under_deepspeed_leave_out_the_partitioned_optimizer_state(t
         trainer.m = types.SimpleNamespace(optimizer=optimizer, scheduler=scheduler, critic_optimizer=None)
         assert trainer._trainer_state()["optimizer"] == expected
     ckpt = tmp_path / "ckpt"
-    save_checkpoint(ckpt, 1, policy=types.SimpleNamespace(save_pretrained=lambda *a, **k: None),
+
+    def save_policy(path, **_):  # a whole (if tiny) HF folder: the resume check finds nothing damaged
+        from safetensors.torch import save_file
+
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "config.json").write_text("{}")
+        save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, str(Path(path) / "model.safetensors"))
+
+    save_checkpoint(ckpt, 1, policy=types.SimpleNamespace(save_pretrained=save_policy),
                     tokenizer=types.SimpleNamespace(save_pretrained=lambda *a, **k: None),
                     trainer_state={"optimizer": None, "scheduler": scheduler.state_dict()},
                     state={"config": cfg.model_dump(), "history": []})
