@@ -122,7 +122,10 @@ def stage_run(stage: str, config, params_file: str | Path = "params.yaml") -> It
     mlflow.set_tracking_uri(tracking_uri())
     experiment = mlflow.set_experiment(config.base.mlflow_experiment)
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # the UI's model-training view
-        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        try:
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        except mlflow.exceptions.MlflowException:  # two stages starting at once: the other one set it
+            pass
     parent = _parent_run_id(mlflow, experiment.experiment_id, pipeline_key(params_file))
     tags = {"stage": stage, "git_revision": git_revision(), **version_tags(environment())}
     if os.environ.get("DVC_EXP_NAME"):
