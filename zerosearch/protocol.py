@@ -71,7 +71,6 @@ def _tag_pattern(tag: str) -> str:
 _TAG_RE = re.compile("|".join(_tag_pattern(t) for t in PROTOCOL_TAGS), re.IGNORECASE)
 
 
-
 def sanitize(text: str, extra: Sequence[str] = ()) -> str:
     """``text`` with every protocol tag and chat marker of ``PROTOCOL_TAGS`` (and every string of
     ``extra``, e.g. a tokenizer's special tokens, matched exactly) removed.
