@@ -10,6 +10,7 @@ import pytest
 from zerosearch.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures"  # real files for tests (../shared/fixtures/README.md); may be absent
 os.environ.setdefault("ZEROSEARCH_TRACKING", "off")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, micro_config
+from tests.conftest import FIXTURES, micro_config
 from zerosearch.data.schema import (
     MalformedRowError,
     flashrag_document,
@@ -14,7 +14,7 @@ from zerosearch.data.schema import (
     read_jsonl,
 )
 
-FIXTURE_DATA = REPO.parent / "shared" / "fixtures" / "data"
+FIXTURE_DATA = FIXTURES / "data"
 
 
 def test_flashrag_contents_split_into_title_and_text():

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, micro_config
+from tests.conftest import FIXTURES, micro_config
 from zerosearch.data.schema import read_qa_parquet
 from zerosearch.stages import data as data_stage
 
-FIXTURE_DATA = REPO.parent / "shared" / "fixtures" / "data"
+FIXTURE_DATA = FIXTURES / "data"
 needs_fixtures = pytest.mark.skipif(not FIXTURE_DATA.is_dir(), reason="../shared/fixtures/data is absent")
 
 

@@ -3,12 +3,12 @@ kept between turns and finished rows cut out of the batch."""
 
 import math
 import random
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from tests.conftest import FIXTURES
 from zerosearch.lm.generation import HFGenerator, sample_categorical
 from zerosearch.lm.models import left_pad, train_tokenizer
 
@@ -191,7 +191,7 @@ def test_sample_categorical_names_non_finite_probabilities():
         sample_categorical(torch.tensor([[0.5, float("nan")]]))
 
 
-QWEN = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "qwen2.5"
+QWEN = FIXTURES / "qwen2.5"
 
 
 class CountingTokenizer:

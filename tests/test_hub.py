@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import FIXTURES
 from zerosearch.data import hub
 from zerosearch.data.hub import (
     BENCHMARK_SPLITS,
@@ -340,12 +341,12 @@ def test_the_data_stage_writes_zerosearch_test_for_validation_and_the_train_stag
     the first train.val_max_samples of each source."""
     import shutil
 
-    from tests.conftest import REPO, micro_config
+    from tests.conftest import micro_config
     from zerosearch.data.schema import read_qa_parquet
     from zerosearch.stages import data as data_stage
     from zerosearch.stages import train as train_stage
 
-    fixtures = REPO.parent / "shared" / "fixtures" / "data"
+    fixtures = FIXTURES / "data"
     if not (fixtures / "searchr1_nq_search_sample.parquet").exists():
         pytest.skip(f"the real data fixtures are not at {fixtures} (../shared/fixtures, see its README)")
     src = tmp_path / "hub"

@@ -6,7 +6,7 @@ import os
 import pytest
 import yaml
 
-from tests.conftest import REPO, micro_config, micro_overrides
+from tests.conftest import FIXTURES, REPO, micro_config, micro_overrides
 from zerosearch.atomic import write_csv, write_json
 from zerosearch.config import flatten
 from zerosearch.mlops.tracking import stage_run
@@ -186,7 +186,7 @@ def test_a_stage_failing_on_bad_input_prints_one_line_not_a_traceback(tmp_path):
     import subprocess
     import sys
 
-    parquet = REPO.parent / "shared" / "fixtures" / "data" / "searchr1_nq_search_sample.parquet"
+    parquet = FIXTURES / "data" / "searchr1_nq_search_sample.parquet"
     if not parquet.is_file():
         pytest.skip("../shared/fixtures/data is absent")
     corpus = tmp_path / "corpus.jsonl"

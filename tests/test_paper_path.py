@@ -27,11 +27,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import FIXTURES, REPO
 
 pytestmark = pytest.mark.slow
 
-FIXTURES = REPO.parent / "shared" / "fixtures"
 DATA = FIXTURES / "data"
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import FIXTURES
 from zerosearch.agent.rollout import RolloutSettings, run_rollouts
 from zerosearch.data.hub import load_benchmark, load_zerosearch_split
 from zerosearch.data.schema import read_corpus, read_qa_parquet, write_qa_parquet
@@ -34,8 +35,6 @@ from zerosearch.protocol import (
 )
 from zerosearch.search.bm25 import BM25Engine
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO / ".." / "shared" / "fixtures"
 QWEN, QWEN_BASE = FIXTURES / "qwen2.5", FIXTURES / "qwen2.5-base"
 PARQUET = FIXTURES / "data" / "searchr1_nq_search_sample.parquet"
 FLASHRAG_NQ = FIXTURES / "data" / "flashrag_quickstart_nq_test.jsonl"
