@@ -56,7 +56,7 @@ from typing import Literal
 import httpx
 
 from zerosearch.errors import InputError
-from zerosearch.tether import tethered
+from zerosearch.tether import group_members, tethered
 
 __all__ = ["ServerSpec", "ServerStartError", "free_port", "health_ok", "port_in_use",
            "serve_simulator", "server_command"]
@@ -187,7 +187,7 @@ def _base_url(host: str, port: int) -> str:
 def health_ok(base_url: str, timeout: float = 2.0) -> bool:
     """True if ``<root>/health`` or ``<base_url>/models`` answers 200 (root: without ``/v1``)."""
     base = base_url.rstrip("/")
-    root = base[: -len("/v1")] if base.endswith("/v1") else base
+    root = base.removesuffix("/v1")
     with httpx.Client(timeout=timeout, trust_env=False) as http:
         for url in (f"{root}/health", f"{base}/models"):
             try:
@@ -218,20 +218,8 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return True
-    for entry in proc.iterdir():  # zombies nobody reaps yet would otherwise look alive
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-            return True
-    return False
+    members = group_members(pgid)  # zombies nobody reaps yet would otherwise look alive
+    return members is None or bool(members)
 
 
 def stop_process_group(proc: subprocess.Popen, grace: float) -> None:

@@ -68,25 +68,32 @@ def _stop_group(child: subprocess.Popen, grace_s: float) -> int:
     return code if code is not None else -signal.SIGKILL
 
 
-def _others_in_group() -> bool:
-    """True when a live process other than us is in our process group (Linux /proc; else True)."""
-    me, group = os.getpid(), os.getpgid(0)
+def group_members(pgid: int) -> list[int] | None:
+    """Live (non-zombie) pids of process group ``pgid``, from ``/proc``; None where there is
+    no ``/proc`` to read (the caller then assumes the group is still there)."""
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return True
+        return None
+    members = []
     for name in entries:
-        if not name.isdigit() or int(name) == me:
+        if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/stat") as f:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 2 and fields[2] == str(group) and fields[0] != "Z":
-            return True
-    return False
+        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            members.append(int(name))
+    return members
+
+
+def _others_in_group() -> bool:
+    """True when a live process other than us is in our process group (unknown: True)."""
+    members = group_members(os.getpgid(0))
+    return members is None or any(pid != os.getpid() for pid in members)
 
 
 def run(parent_pid: int, grace_s: float, cmd: list[str]) -> int:
