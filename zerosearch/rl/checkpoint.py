@@ -101,46 +101,52 @@ def checkpoint_problem(path: str | Path, *, critic: bool = False, check_state=No
     ``config.json`` and weight files present and not cut. Nothing is loaded into a model.
     ``check_state(path, state)`` runs on ``state.json`` before anything else is read (the
     trainer refuses a changed config there: an error, not damage)."""
-    path = Path(path)
+    return _inspect(Path(path), critic, check_state)[0]
+
+
+def _inspect(path: Path, critic: bool, check_state) -> tuple[str | None, dict[str, Any] | None]:
+    """``(checkpoint_problem, the trainer state it loaded to check it; None with a problem)``: a
+    resume uses that state rather than reading the file (optimizer states) a second time."""
     try:
         state = read_state(path)
         missing = [k for k in ("step", "config", "history") if k not in state]
     except (OSError, ValueError) as e:
-        return f"state.json is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        return f"state.json is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", None
     if missing:
-        return f"state.json lacks {missing}"
+        return f"state.json lacks {missing}", None
     if check_state is not None:
         check_state(path, state)
     try:
-        read_trainer_state(path)
-    except (OSError, ValueError) as e:
-        return str(e).split(";")[0].replace(f"cannot resume from {path / 'trainer_state.pt'}: ", "trainer_state.pt is ")
+        trainer_state = read_trainer_state(path)
+    except TrainerStateError as e:
+        return f"trainer_state.pt is {e.reason}", None
     for part in ("policy", "critic") if critic else ("policy",):
         folder = path / part
         if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
-            return f"{part}/config.json is missing"
+            return f"{part}/config.json is missing", None
         weights = sorted(folder.glob("*.safetensors"))
         if not weights:
-            return f"{part}/ holds no .safetensors weights"
+            return f"{part}/ holds no .safetensors weights", None
         for file in weights:
             problem = _safetensors_problem(file)
             if problem:
-                return f"{part}/{problem}"
-    return None
+                return f"{part}/{problem}", None
+    return None, trainer_state
 
 
-def intact_checkpoint(root: str | Path, *, critic: bool = False, check_state=None, warn=print) -> Path | None:
-    """The newest checkpoint under ``root`` without a ``checkpoint_problem``; each newer damaged
-    one is named with its problem through ``warn``. None when there is none at all; a
-    ``ValueError`` listing every problem when all are damaged."""
+def intact_checkpoint(root: str | Path, *, critic: bool = False, check_state=None,
+                      warn=print) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint under ``root`` without a ``checkpoint_problem``, with the trainer
+    state read to check it; each newer damaged one is named with its problem through ``warn``.
+    None when there is none at all; a ``ValueError`` listing every problem when all are damaged."""
     found = list_checkpoints(root)
     problems = []
     for path in reversed(found):
-        problem = checkpoint_problem(path, critic=critic, check_state=check_state)
+        problem, trainer_state = _inspect(path, critic, check_state)
         if problem is None:
             for damaged, why in problems:
                 warn(f"--resume: {damaged} is damaged ({why}); resuming from {path.name}, the newest intact checkpoint")
-            return path
+            return path, trainer_state
         problems.append((path, problem))
     if problems:
         raise ValueError("cannot resume: every checkpoint is damaged:\n  "
@@ -154,6 +160,15 @@ def read_state(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / "state.json").read_text(encoding="utf-8"))
 
 
+class TrainerStateError(ValueError):
+    """``trainer_state.pt`` is not one this project wrote; ``reason`` says how (nothing in it ran)."""
+
+    def __init__(self, file: Path, reason: str):
+        self.reason = reason
+        super().__init__(f"cannot resume from {file}: {reason}; nothing in it was run. Delete the checkpoint "
+                         "or start a fresh run")
+
+
 def read_trainer_state(path: str | Path) -> dict[str, Any]:
     """``trainer_state.pt`` of a checkpoint, read with ``weights_only=True``: tensors, numbers,
     strings and containers only, so a planted file cannot run code. Anything else (a pickle
@@ -163,8 +178,7 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
         return torch.load(file, weights_only=True)
     except Exception as e:  # the unpickler raises many kinds on a planted, cut or foreign file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot resume from {file}: not a trainer state this project wrote ({first}); "
-                         "nothing in it was run. Delete the checkpoint or start a fresh run") from None
+        raise TrainerStateError(file, f"not a trainer state this project wrote ({first})") from None
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

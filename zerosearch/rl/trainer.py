@@ -112,7 +112,6 @@ from zerosearch.rl.checkpoint import (
     config_differences,
     intact_checkpoint,
     read_state,
-    read_trainer_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -267,8 +266,9 @@ class RLTrainer:
     def setup(self, resume: bool = False) -> int:
         """Load models (from the newest checkpoint when ``resume``); returns the first step to run."""
         check_deepspeed(self._deepspeed_plugin(), self.t, resume=resume)
-        ckpt = (intact_checkpoint(self.checkpoint_dir, critic=self.spec.critic, check_state=self._check_config)
-                if resume else None)
+        found = (intact_checkpoint(self.checkpoint_dir, critic=self.spec.critic, check_state=self._check_config)
+                 if resume else None)
+        ckpt, trainer_state = found if found is not None else (None, None)
         if resume and ckpt is None:
             print(f"--resume: no checkpoint under {self.checkpoint_dir}; starting from step 0")
         self._check_process_split()
@@ -276,7 +276,6 @@ class RLTrainer:
         state = read_state(ckpt) if ckpt is not None else None  # its config was checked first
         self.m = self._build_models(ckpt)
         if state is not None:
-            trainer_state = read_trainer_state(ckpt)
             if trainer_state.get("optimizer") is None:
                 raise ValueError(f"cannot resume from {ckpt}: it was written under DeepSpeed and holds no "
                                  "optimizer state; start a fresh run")
