@@ -62,3 +62,10 @@ def micro_world(tmp_path_factory) -> Path:
     data_stage.run(cfg)
     base_stage.run(cfg)
     return root
+
+
+def untimed(metrics: dict) -> dict:
+    """``metrics`` without its wall-clock values (``*_seconds``, ``time_*``, ``tokens_per_s``):
+    what two runs of one config must agree on."""
+    return {k: v for k, v in metrics.items()
+            if not (k.endswith("_seconds") or k.startswith("time_") or k == "tokens_per_s")}

@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from tests.conftest import REPO, micro_config, micro_overrides
+from tests.conftest import REPO, micro_config, micro_overrides, untimed
 from zerosearch.data.schema import read_qa_parquet
 from zerosearch.lm.generation import HFGenerator, sample_categorical
 from zerosearch.lm.models import train_tokenizer
@@ -38,7 +38,6 @@ SIM = ["train.engine=simulated", "simulator.backend=inprocess", "simulator_sft.e
        "train.mini_batch_size=2", "train.micro_batch_size=1", "train.total_steps=3", "train.save_every=1",
        "train.lr=0.001", "train.warmup_ratio=0.0", "train.gradient_checkpointing=false", "train.val_every=0",
        "train.max_turns=2", "train.max_response_tokens=16"]
-TIMING = {"step_seconds", "tokens_per_s"}
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +198,7 @@ def _sim_cfg(root: Path, out: Path, policy: str, *extra: str):
 
 def _curve(path: Path) -> list[dict[str, str]]:
     with open(path, encoding="utf-8") as f:
-        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
+        return [untimed(row) for row in csv.DictReader(f)]
 
 
 def test_two_runs_of_one_seed_train_identically(micro_world, searcher, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import micro_config
+from tests.conftest import micro_config, untimed
 from zerosearch.agent.evaluation import predict_agent
 from zerosearch.data.schema import read_qa_parquet
 from zerosearch.rl.checkpoint import checkpoint_problem, latest_checkpoint, list_checkpoints, read_trainer_state
@@ -328,8 +328,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_intact_one(micro
     assert resumed.setup(resume=True) == 1  # the intact step_000001, and it says why
     out = capsys.readouterr().out
     assert f"{newest} is damaged" in out and target.name in out and "resuming from step_000001" in out
-    assert [{k: v for k, v in h.items() if k != "step_seconds"} for h in resumed.history] == [
-        {k: v for k, v in h.items() if k != "step_seconds"} for h in first]
+    assert [untimed(h) for h in resumed.history] == [untimed(h) for h in first]
 
 
 def test_the_config_is_checked_before_the_trainer_state_is_read(micro_world, tmp_path):
@@ -448,7 +447,6 @@ def test_ppo_critic_lr_warms_up_linearly_and_resumes(micro_world, tmp_path):
 
 # ---------------------------------------------------------------- validation during training
 
-TIMES = ("step_seconds", "rollout_seconds", "tokens_per_s")  # wall-clock, the only values allowed to differ
 
 
 def _validation(cfg):
@@ -467,7 +465,7 @@ def test_validation_runs_at_its_steps_and_changes_nothing_in_training(micro_worl
                           checkpoint_dir=tmp_path / "b", tracker=tracker, validation=_validation(cfg))
     history = validated.fit()
     for a, b in zip(plain_history, history, strict=True):
-        assert {k: v for k, v in a.items() if k not in TIMES} == {k: v for k, v in b.items() if k not in TIMES}
+        assert untimed(a) == untimed(b)
     for (name, p), q in zip(plain.final_policy().named_parameters(), validated.final_policy().parameters(), strict=True):
         assert torch.equal(p, q), name
     assert plain.validations == [] and [v["step"] for v in validated.validations] == [0, 2, 4]
@@ -584,3 +582,52 @@ def test_validation_under_vllm_is_the_runs_engine_at_temperature_zero(tmp_path, 
     greedy = t._greedy_generator("policy")
     assert greedy.temperature == 0.0 and greedy.llm == "the engine" and engine.temperature == 1.0
     assert synced == ["policy"]
+
+
+def _first_rollout(cfg, ckpt_dir: Path) -> list:
+    trainer = _trainer(cfg, ckpt_dir)
+    trainer.setup()
+    batch, _ = trainer.rollout(0)
+    return batch.input_ids.tolist()
+
+
+def test_train_seed_alone_decides_the_rl_run_base_seed_does_not(micro_world, tmp_path):
+    """train.seed seeds the RL run's draws (batch order, sampling); base.seed, which built the
+    world and the base models, does not enter them: one base model serves many RL seeds."""
+    runs = {(b, t): _first_rollout(_cfg(micro_world, tmp_path / f"{b}{t}", f"base.seed={b}", f"train.seed={t}"),
+                                   tmp_path / f"c{b}{t}")
+            for b, t in [(0, 0), (5, 0), (0, 1)]}
+    assert runs[(0, 0)] == runs[(5, 0)]
+    assert runs[(0, 0)] != runs[(0, 1)]
+
+
+def test_a_step_reports_its_time_breakdown_in_disjoint_parts(micro_world, tmp_path):
+    from zerosearch.rl.step_timing import PHASES
+
+    trainer = _trainer(_cfg(micro_world, tmp_path), tmp_path / "ckpt")
+    trainer.setup()
+    m = trainer.train_step(0)
+    parts = [m[f"time_{p}"] for p in PHASES]
+    assert all(p >= 0 for p in parts) and m["time_policy_generate"] > 0 and m["time_update"] > 0
+    assert m["time_simulator_generate"] == 0.0  # BM25: no simulator
+    assert sum(parts) <= m["step_seconds"] + 1e-6 and m["time_logging_previous"] == 0.0
+
+
+def test_length_sorted_micro_batches_give_the_full_batch_values_in_row_order():
+    from zerosearch.rl.trainer import length_sorted, rows_by_micro_batch
+
+    lengths = torch.tensor([5, 2, 7, 3, 7, 4])
+    assert length_sorted(torch.tensor([0, 2, 3, 5]), lengths).tolist() == [3, 5, 0, 2]
+    width = 7
+    attn = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    ids = torch.arange(6 * width).view(6, width) * attn
+    seen_widths = []
+
+    def fn(i, a):  # a per-token value that depends on the token only
+        seen_widths.append(i.shape[1])
+        return (i[:, 1:] * a[:, 1:]).float()
+
+    micros = length_sorted(torch.arange(6), lengths).split(2)
+    out = rows_by_micro_batch(ids, attn, micros, fn)
+    assert torch.equal(out, (ids[:, 1:] * attn[:, 1:]).float())
+    assert seen_widths == [3, 5, 7]  # each micro-batch computed at its own longest length

@@ -265,6 +265,7 @@ class SimulatorSftSection(_Section):
 
 
 class TrainSection(_Section):
+    seed: Annotated[int, Field(ge=0)]
     algorithm: Literal["grpo", "ppo", "reinforce", "reinforce_pp"]
     engine: Literal["bm25", "simulated", "hybrid"]
     reward: Literal["f1", "em"]

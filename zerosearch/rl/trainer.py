@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import random
 import time
@@ -125,6 +126,8 @@ from zerosearch.rl.launch import (
     master_dtype,
     warn_if_over_memory,
 )
+from zerosearch.rl.step_timing import simulator_timed, step_phases
+from zerosearch.timing import PhaseTimer
 from zerosearch.tracker import NullTracker, Tracker
 
 # RolloutBatch.stats() entries that are counts (summed over processes); the others are
@@ -201,6 +204,29 @@ def token_log_probs(model, input_ids: Tensor, attention_mask: Tensor, temperatur
     return pad(log_probs), (pad(entropy) if entropy is not None else None)
 
 
+def length_sorted(index: Tensor, lengths: Tensor) -> Tensor:
+    """``index`` ordered by its rows' ``lengths`` (stable): consecutive micro-batches then hold
+    sequences of similar length, each trimmed to its own longest (``Experience.select``), so
+    far less padding is computed (half the positions of a tiny step's rollouts are padding)."""
+    return index[torch.sort(lengths[index], stable=True).indices]
+
+
+def rows_by_micro_batch(ids: Tensor, attn: Tensor, micros: Sequence[Tensor],
+                        fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """``fn`` (ids, attention mask -> ``(b, w - 1)`` per-token values) on each micro-batch of
+    rows, trimmed to its longest sequence ``w``; the ``(B, L - 1)`` result in row order, zero
+    past each micro-batch's width."""
+    out: Tensor | None = None
+    for idx in micros:
+        width = int(attn[idx].sum(-1).max())
+        values = fn(ids[idx][:, :width], attn[idx][:, :width])
+        if out is None:
+            out = values.new_zeros((ids.shape[0], ids.shape[1] - 1))
+        out[idx, : width - 1] = values
+    assert out is not None, "no micro-batch"
+    return out
+
+
 def first_scored_position(mask: Tensor) -> int:
     """The first column of a ``(B, T)`` loss mask any row trains on (0 if none)."""
     cols = mask.any(0)
@@ -260,6 +286,8 @@ class RLTrainer:
         self.start_step = 0
         self.m: Models | None = None
         self._vllm = None  # the vllm rollout engine, created on the first rollout
+        self.timer = PhaseTimer()  # a step's seconds per phase (``step_phases``)
+        self._logging_seconds = 0.0  # the previous step's logging and checkpointing
 
     # ------------------------------------------------------------------ setup
 
@@ -272,7 +300,7 @@ class RLTrainer:
         if resume and ckpt is None:
             print(f"--resume: no checkpoint under {self.checkpoint_dir}; starting from step 0")
         self._check_process_split()
-        torch.manual_seed(self.cfg.base.seed)  # a run is a function of its config, not of what ran before
+        torch.manual_seed(self.cfg.train.seed)  # a run is a function of its config, not of what ran before
         state = read_state(ckpt) if ckpt is not None else None  # its config was checked first
         self.m = self._build_models(ckpt)
         if state is not None:
@@ -402,14 +430,17 @@ class RLTrainer:
             for step in range(start, self.t.total_steps):
                 metrics = self.train_step(step)
                 self.history.append({"step": step, **metrics})
-                if self.accelerator.is_main_process:  # the metrics are over all processes already
-                    self.tracker.log_metrics(metrics, step=step)
                 done = step + 1
                 self.validate_if_due(done)  # before the checkpoint, which keeps it
+                t_log = time.perf_counter()
+                if self.accelerator.is_main_process:  # the metrics are over all processes already
+                    self.tracker.log_metrics(metrics, step=step)
                 if self.on_step:
                     self.on_step(step, metrics)
                 if done % self.t.save_every == 0 or done == self.t.total_steps:
                     self.save(done)
+                # logging, the stage's per-step files, checkpoints: reported with the next step
+                self._logging_seconds = time.perf_counter() - t_log
                 bar.update(1, info=f"reward {metrics['reward_mean']:.3f} em {metrics['em']:.3f}")
         return self.history
 
@@ -467,7 +498,7 @@ class RLTrainer:
         """This process's prompts of the step: a seeded draw of ``batch_prompts`` without
         replacement (the same for a resumed run), split across processes by prompt, so a
         prompt's whole group is on one process (data parallel under ``accelerate launch``)."""
-        rng = random.Random(self.cfg.base.seed * 1_000_003 + step)
+        rng = random.Random(self.cfg.train.seed * 1_000_003 + step)
         drawn = rng.sample(self.rows, min(self.t.batch_prompts, len(self.rows)))
         acc = self.accelerator
         return drawn[acc.process_index::acc.num_processes]
@@ -478,7 +509,9 @@ class RLTrainer:
         group = [i for i in range(len(rows)) for _ in range(t.group_size)]
         policy = self.accelerator.unwrap_model(self.m.policy)
         policy.eval()
-        batch = run_rollouts(self.generator(policy), self.m.tokenizer, self.engine, [rows[i]["question"] for i in group],
+        generator = self.timer.wrap(self.generator(policy), {"generate": "policy_generate"})
+        engine = self.timer.wrap(self.engine, {"search": "search"})
+        batch = run_rollouts(generator, self.m.tokenizer, engine, [rows[i]["question"] for i in group],
                              [rows[i]["golden_answers"] for i in group], self.rollout_settings, step=step,
                              prompts=[rows[i].get("prompt") for i in group])  # the data's prompt, if any
         return batch, group
@@ -495,7 +528,7 @@ class RLTrainer:
             acc = self.accelerator
             self._vllm = VLLMGenerator.create(
                 self.cfg.base.policy_model, self.m.tokenizer, gpu_memory_utilization=t.vllm_gpu_memory_utilization,
-                temperature=t.temperature, top_p=t.top_p, seed=self.cfg.base.seed + acc.process_index,
+                temperature=t.temperature, top_p=t.top_p, seed=self.cfg.train.seed + acc.process_index,
                 rank=acc.process_index,
                 local_rank=acc.local_process_index, world_size=acc.num_processes, max_model_len=t.max_prompt_tokens)
             acc.wait_for_everyone()  # engines are built at different speeds; TRL syncs here too
@@ -513,15 +546,23 @@ class RLTrainer:
 
     def train_step(self, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        batch, group = self.rollout(step)
-        t_rollout = time.perf_counter() - t0
-        scores = self.scores(batch)
-        exp = self.make_experience(batch, scores, group)
-        update = self.update(exp, step)
-        self.m.scheduler.step()
-        if self.m.critic_scheduler is not None:
-            self.m.critic_scheduler.step()
-        times = {"step_seconds": time.perf_counter() - t0, "rollout_seconds": t_rollout}
+        timer = self.timer
+        timer.take()
+        with simulator_timed(self.engine, timer), timer.section("rollout"):
+            batch, group = self.rollout(step)
+        with timer.section("score"):
+            scores = self.scores(batch)
+        with timer.section("experience"):
+            exp = self.make_experience(batch, scores, group)
+        with timer.section("update"):
+            update = self.update(exp, step)
+            self.m.scheduler.step()
+            if self.m.critic_scheduler is not None:
+                self.m.critic_scheduler.step()
+        phases = step_phases(timer.take())
+        times = {"step_seconds": time.perf_counter() - t0, "rollout_seconds": phases.pop("time_rollout"),
+                 **phases, "time_logging_previous": self._logging_seconds}
+        self._logging_seconds = 0.0
         return self.step_metrics(batch, scores, exp, update, times)
 
     def step_metrics(self, batch: RolloutBatch, scores: Tensor, exp: Experience, update: dict[str, float],
@@ -566,9 +607,6 @@ class RLTrainer:
 
     # ------------------------------------------------------------------ experience
 
-    def _micro_batches(self, n: int) -> list[Tensor]:
-        return list(torch.arange(n).split(self.t.micro_batch_size))
-
     def on_policy(self, n_rollouts: int) -> bool:
         """One pass, one mini-batch and no KL in the reward: the behaviour log-probs equal the
         current ones, so the extra forward pass is skipped (the update detaches its own)."""
@@ -584,19 +622,15 @@ class RLTrainer:
         mask = batch.loss_mask[:, 1:].float().to(device)
         start = first_scored_position(mask)
         need_old = not self.on_policy(len(ids))
-        old, ref, values = [], [], []
         m.policy.eval()
-        for idx in self._micro_batches(len(ids)):
-            if need_old:
-                old.append(token_log_probs(m.policy, ids[idx], attn[idx], t.temperature, start=start)[0])
-            if t.kl_coef > 0:
-                ref.append(self._reference_log_probs(ids[idx], attn[idx], start))
-            if m.critic is not None:
-                m.critic.eval()
-                values.append(critic_values(m.critic, ids[idx], attn[idx]))
-        old_log_probs = torch.cat(old) if old else None
-        ref_log_probs = torch.cat(ref) if ref else None
-        old_values = torch.cat(values) if values else None
+        if m.critic is not None:
+            m.critic.eval()
+        micros = length_sorted(torch.arange(len(ids)), attn.sum(-1)).split(t.micro_batch_size)
+        per_row = functools.partial(rows_by_micro_batch, ids, attn, micros)
+        old_log_probs = (per_row(lambda i, a: token_log_probs(m.policy, i, a, t.temperature, start=start)[0])
+                         if need_old else None)
+        ref_log_probs = per_row(lambda i, a: self._reference_log_probs(i, a, start)) if t.kl_coef > 0 else None
+        old_values = per_row(lambda i, a: critic_values(m.critic, i, a)) if m.critic is not None else None
         kl = None
         if self.spec.kl_in_reward and ref_log_probs is not None:
             kl = get_kl(t.kl_estimator)(old_log_probs, ref_log_probs)
@@ -618,7 +652,7 @@ class RLTrainer:
         """PPO-style epochs over mini-batches; returns mean loss statistics (this process's
         token share of each: ``train_step`` sums them over processes)."""
         t, m = self.t, self.m
-        gen = torch.Generator().manual_seed(self.cfg.base.seed * 7919 + step)
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 7919 + step)
         sums: dict[str, float] = {}
         updates = 0
         m.policy.train()
@@ -662,7 +696,7 @@ class RLTrainer:
         if m.critic_optimizer is not None:
             m.critic_optimizer.zero_grad(set_to_none=True)
         stats: dict[str, float] = {}
-        micros = mini.split(t.micro_batch_size)
+        micros = length_sorted(mini, exp.attention_mask.sum(-1)).split(t.micro_batch_size)
         for i, micro in enumerate(micros):
             e = exp.select(micro)
             share = float(e.mask.sum() / tokens)

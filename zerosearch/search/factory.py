@@ -50,9 +50,10 @@ def inprocess_completer(cfg: Config, *, rank: int = 0, device=None):
 
 
 def simulated_engine(cfg: Config, simulator_url: str | list[str] | None = None, *, total_steps: int | None = None,
-                     completer=None) -> SearchEngine:
+                     completer=None, seed: int | None = None) -> SearchEngine:
     """The simulated engine over ``completer`` (a ``Completer``), else a client of the server at
-    ``simulator_url`` (``.../v1``; a list of URLs: requests are spread over the servers round-robin)."""
+    ``simulator_url`` (``.../v1``; a list of URLs: requests are spread over the servers round-robin).
+    ``seed`` (default ``base.seed``) seeds its noise draws and every request's sampling."""
     from zerosearch.search.simulated import SimulatedEngine
 
     if completer is None:
@@ -61,7 +62,8 @@ def simulated_engine(cfg: Config, simulator_url: str | list[str] | None = None, 
     return SimulatedEngine(completer, template=simulator_template(cfg),
                            top_k=cfg.search.top_k, max_tokens=sim.max_tokens, temperature=sim.temperature,
                            top_p=sim.top_p, p_start=c.p_start, p_end=c.p_end, base=c.base,
-                           total_steps=total_steps or cfg.train.total_steps, seed=cfg.base.seed)
+                           total_steps=total_steps or cfg.train.total_steps,
+                           seed=cfg.base.seed if seed is None else seed)
 
 
 def real_engine(cfg: Config, name: str = "bm25") -> SearchEngine:
@@ -87,10 +89,13 @@ def real_engine(cfg: Config, name: str = "bm25") -> SearchEngine:
 
 
 def make_engine(cfg: Config, name: str, *, simulator_url: str | list[str] | None = None,
-                total_steps: int | None = None, completer=None, rank: int = 0, device=None) -> SearchEngine:
+                total_steps: int | None = None, completer=None, rank: int = 0, device=None,
+                seed: int | None = None) -> SearchEngine:
     """Engine ``name`` (one of ENGINES). Simulated and hybrid ask ``completer`` when given, else
     the running server at ``simulator_url`` when given, else, under ``simulator.backend:
-    inprocess``, a simulator loaded here (``inprocess_completer``, ``rank``, ``device``)."""
+    inprocess``, a simulator loaded here (``inprocess_completer``, ``rank``, ``device``).
+    ``seed`` (default ``base.seed``; the train stage passes ``train.seed``) seeds the simulated
+    and hybrid engines' draws."""
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; known: {', '.join(ENGINES)}")
     if needs_simulator(name):
@@ -98,13 +103,14 @@ def make_engine(cfg: Config, name: str, *, simulator_url: str | list[str] | None
             completer = inprocess_completer(cfg, rank=rank, device=device)
         if completer is None and simulator_url is None:
             raise ValueError(f"the {name} engine needs a simulator server URL (see zerosearch.serving)")
-        sim = simulated_engine(cfg, simulator_url, total_steps=total_steps, completer=completer)
+        seed = cfg.base.seed if seed is None else seed
+        sim = simulated_engine(cfg, simulator_url, total_steps=total_steps, completer=completer, seed=seed)
         if name == "simulated":
             return sim
         from zerosearch.search.hybrid import HybridEngine
 
         return HybridEngine(sim, real_engine(cfg, "bm25"), real_fraction=cfg.simulator.hybrid_real_fraction,
-                            seed=cfg.base.seed)
+                            seed=seed)
     return real_engine(cfg, name)
 
 
@@ -160,11 +166,11 @@ def simulator_urls(cfg: Config, *, log_path: str | Path | None = None) -> Iterat
 
 @contextlib.contextmanager
 def open_engine(cfg: Config, name: str, *, total_steps: int | None = None,
-                log_path: str | Path | None = None) -> Iterator[SearchEngine]:
+                log_path: str | Path | None = None, seed: int | None = None) -> Iterator[SearchEngine]:
     """Engine ``name``, with the simulator served (and stopped after) when it needs a server
     (``needs_server``); an in-process simulator is loaded by ``make_engine``."""
     if not needs_server(cfg, name):
-        yield make_engine(cfg, name, total_steps=total_steps)
+        yield make_engine(cfg, name, total_steps=total_steps, seed=seed)
         return
     with simulator_urls(cfg, log_path=log_path) as url:
-        yield make_engine(cfg, name, simulator_url=url, total_steps=total_steps)
+        yield make_engine(cfg, name, simulator_url=url, total_steps=total_steps, seed=seed)

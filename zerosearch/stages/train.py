@@ -47,13 +47,15 @@ from zerosearch.search.factory import (
     simulator_urls,
 )
 from zerosearch.serving import ServerStartError
+from zerosearch.rl.step_timing import PHASES
 from zerosearch.tracker import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
 # Columns of the plots file, in order (a resumed run rewrites it from the checkpoint history).
 CURVE_COLUMNS = ("step", "reward_mean", "em", "response_tokens", "searches_per_trajectory", "noisy_fraction",
-                 "kl", "entropy", "clip_fraction", "grad_norm", "value_loss", "step_seconds", "tokens_per_s")
+                 "kl", "entropy", "clip_fraction", "grad_norm", "value_loss", "step_seconds", "tokens_per_s",
+                 *(f"time_{p}" for p in PHASES), "time_logging_previous")
 
 
 def validation_rows(cfg: Config) -> list[dict]:
@@ -156,7 +158,7 @@ def shared_engine(cfg: Config, accelerator, *, log_path: Path, rows: list[dict] 
     ``simulator.backend: inprocess``: every process loads its own simulator (``inprocess_engine``)."""
     name, steps = cfg.train.engine, cfg.train.total_steps
     if not needs_simulator(name):
-        with open_engine(cfg, name, total_steps=steps, log_path=log_path) as engine:
+        with open_engine(cfg, name, total_steps=steps, log_path=log_path, seed=cfg.train.seed) as engine:
             yield engine
         return
     if not needs_server(cfg, name):
@@ -167,7 +169,7 @@ def shared_engine(cfg: Config, accelerator, *, log_path: Path, rows: list[dict] 
         with simulator_urls(cfg, log_path=log_path) as url:
             if rows is not None:
                 probe_simulator(cfg, url, rows, tracker or NullTracker())
-            yield make_engine(cfg, name, simulator_url=url, total_steps=steps)
+            yield make_engine(cfg, name, simulator_url=url, total_steps=steps, seed=cfg.train.seed)
         return
     from accelerate.utils import broadcast_object_list
 
@@ -185,7 +187,7 @@ def shared_engine(cfg: Config, accelerator, *, log_path: Path, rows: list[dict] 
         broadcast_object_list(found)
         if "error" in found[0]:
             raise ServerStartError(f"the main process could not serve the simulator: {found[0]['error']}")
-        yield make_engine(cfg, name, simulator_url=found[0]["url"], total_steps=steps)
+        yield make_engine(cfg, name, simulator_url=found[0]["url"], total_steps=steps, seed=cfg.train.seed)
         accelerator.wait_for_everyone()
 
 
@@ -215,7 +217,8 @@ def inprocess_engine(cfg: Config, accelerator, *, rows: list[dict] | None = None
         broadcast_object_list(error)
         if error[0] is not None:
             raise SimulatorProbeError(f"the main process's simulator probe failed: {error[0]}")
-    return make_engine(cfg, cfg.train.engine, total_steps=cfg.train.total_steps, completer=completer)
+    return make_engine(cfg, cfg.train.engine, total_steps=cfg.train.total_steps, completer=completer,
+                       seed=cfg.train.seed)
 
 
 def run(cfg: Config, tracker: Tracker = NullTracker(), *, resume: bool = False,
