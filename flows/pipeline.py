@@ -29,6 +29,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.session import flow_session
 from zerosearch.agent.evaluation import markdown_tables
 from zerosearch.config import load_config
 from zerosearch.mlops.experiments import (
@@ -113,7 +114,8 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="experiment name (default run-<UTC time>)")
     ap.add_argument("--workspace", action="store_true", help="run in the workspace instead of a temp copy")
     args = ap.parse_args()
-    pipeline_flow(args.preset, args.overrides, args.name, temp=not args.workspace)
+    with flow_session():
+        pipeline_flow(args.preset, args.overrides, args.name, temp=not args.workspace)
 
 
 if __name__ == "__main__":

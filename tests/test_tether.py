@@ -65,3 +65,23 @@ def test_tether_passes_the_exit_code_through(tmp_path):
     cmd = tethered([sys.executable, "-c", "import sys; sys.exit(7)"])
     assert cmd[:3] == [sys.executable, "-m", "zerosearch.tether"] and cmd[4:6] == ["10", "--"]
     assert subprocess.run(cmd, check=False, env={**os.environ, "PYTHONPATH": str(REPO)}).returncode == 7
+
+
+def test_a_tether_started_in_its_callers_group_stops_only_its_own(tmp_path):
+    """Started without ``start_new_session``, the tether leads a session of its own before it
+    runs the command: stopping the server's group never signals the caller (before, the tether's
+    group was the caller's, and SIGTERM to the tether killed the caller and its shell)."""
+    caller = textwrap.dedent("""
+        import subprocess, sys, time
+        from zerosearch.tether import tethered
+        tether = subprocess.Popen(tethered([sys.executable, "-c", "import time; time.sleep(60)"], grace_s=2))
+        time.sleep(1.5)
+        tether.terminate()
+        print("tether", tether.wait(timeout=20), flush=True)
+        time.sleep(0.5)
+        print("caller alive")
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", caller], env=env, capture_output=True, text=True, timeout=60,
+                          start_new_session=True, check=False)
+    assert proc.returncode == 0 and "caller alive" in proc.stdout, (proc.returncode, proc.stdout, proc.stderr)

@@ -64,6 +64,14 @@ def _config(params: Path, overrides: list[str] | None) -> Config:
         raise typer.Exit(2) from None
 
 
+def _flow_session():
+    """The context every flow runs in (flows/session.py): Prefect's temporary server dies with
+    this command, and flow runs of killed commands end Crashed."""
+    from flows.session import flow_session
+
+    return flow_session()
+
+
 def _print_stats(title: str, stats: dict) -> None:
     table = Table(title=title)
     table.add_column("metric")
@@ -79,7 +87,8 @@ def data(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
     _config(params, set)
     from flows.data import data_flow
 
-    _print_stats("data stage", data_flow(str(params), set or []))
+    with _flow_session():
+        _print_stats("data stage", data_flow(str(params), set or []))
 
 
 @app.command()
@@ -88,7 +97,8 @@ def base(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
     _config(params, set)
     from flows.base import base_flow
 
-    _print_stats("base stage", base_flow(str(params), set or []))
+    with _flow_session():
+        _print_stats("base stage", base_flow(str(params), set or []))
 
 
 @app.command("simulator_sft")
@@ -97,7 +107,8 @@ def simulator_sft(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -
     _config(params, set)
     from flows.simulator_sft import simulator_sft_flow
 
-    _print_stats("simulator_sft stage", simulator_sft_flow(str(params), set or []))
+    with _flow_session():
+        _print_stats("simulator_sft stage", simulator_sft_flow(str(params), set or []))
 
 
 app.command("sft", help="Alias of simulator_sft.")(simulator_sft)
@@ -116,7 +127,8 @@ def train(
     from zerosearch.search.probe import SimulatorProbeError
 
     try:
-        _print_stats("train stage", train_flow(str(params), set or [], resume=resume))
+        with _flow_session():
+            _print_stats("train stage", train_flow(str(params), set or [], resume=resume))
     except SimulatorProbeError as e:
         err.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(1) from None
@@ -133,7 +145,8 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> Non
     cfg = _config(params, set)
     from flows.evaluate import evaluate_flow
 
-    result = evaluate_flow(str(params), set or [])
+    with _flow_session():
+        result = evaluate_flow(str(params), set or [])
     console.print(f"\n[bold]EM[/bold] (engine {cfg.eval.engine})\n")
     console.print(result["markdown"], highlight=False)
     if result["registered_model"]:
@@ -348,7 +361,8 @@ def experiment(
     from zerosearch.mlops.tracking import tracking_uri
 
     try:
-        out = pipeline_flow(preset, set or [], name, temp=not workspace)
+        with _flow_session():
+            out = pipeline_flow(preset, set or [], name, temp=not workspace)
     except (ConfigError, ExperimentFailed) as e:
         err.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(1) from None

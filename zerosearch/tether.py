@@ -90,6 +90,21 @@ def group_members(pgid: int) -> list[int] | None:
     return members
 
 
+def process_start_time(pid: int) -> int | None:
+    """When live (non-zombie) process ``pid`` started, in clock ticks since boot (``/proc``):
+    with the pid it names one process, a reused pid has another start time. None when there
+    is no such process, or no ``/proc``."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # state is field 3 of stat(5), starttime field 22
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
 def _others_in_group() -> bool:
     """True when a live process other than us is in our process group (unknown: True)."""
     members = group_members(os.getpgid(0))
@@ -103,6 +118,8 @@ def run(parent_pid: int, grace_s: float, cmd: list[str]) -> int:
     def on_signal(signum, _frame):
         stop["signal"] = signum
 
+    if os.getpgid(0) != os.getpid():  # started without start_new_session: the group we stop
+        os.setsid()                     # must be ours, never the caller's (its shell, its tests)
     for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(s, on_signal)
     child = subprocess.Popen(cmd)
