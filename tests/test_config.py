@@ -77,6 +77,12 @@ def test_paper_presets_carry_the_papers_values():
         ({"simulator.curriculum.p_end": 1.5}, r"simulator\.curriculum\.p_end: Input should be less than or equal to 1"),
         ({"simulator.curriculum.p_start": 0.6, "simulator.curriculum.p_end": 0.2},
          r"simulator\.curriculum: Value error, p_start \(0\.6\) must be <= p_end \(0\.2\)"),
+        ({"simulator.curriculum.schedule": "linear"},
+         r"simulator\.curriculum\.schedule: Input should be 'exponential' or 'fixed'"),
+        # fixed reads p_end only, but the one rule p_start <= p_end holds under every schedule
+        ({"simulator.curriculum.schedule": "fixed", "simulator.curriculum.p_start": 0.6,
+          "simulator.curriculum.p_end": 0.2},
+         r"simulator\.curriculum: Value error, p_start \(0\.6\) must be <= p_end \(0\.2\)"),
         ({"data.world.two_hop_fraction": -0.1}, r"data\.world\.two_hop_fraction: Input should be greater than or equal to 0"),
         ({"tiny_models.policy.num_heads": 3}, r"tiny_models\.policy: Value error, hidden_size must be divisible"),
         ({"data.in_domain": ["nq"]}, r"data: Value error, in_domain names benchmarks not in data\.benchmarks"),

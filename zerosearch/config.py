@@ -184,12 +184,15 @@ class SearchSection(_Section):
 
 
 class CurriculumSection(_Section):
+    schedule: Literal["exponential", "fixed"]
     p_start: Probability
     p_end: Probability
     base: Annotated[float, Field(gt=1.0)]
 
     @model_validator(mode="after")
     def _start_le_end(self) -> CurriculumSection:
+        # checked under every schedule (``fixed`` reads p_end only): one rule, and a preset
+        # switched back to exponential stays valid
         if self.p_start > self.p_end:
             raise ValueError(f"p_start ({self.p_start}) must be <= p_end ({self.p_end})")
         return self
