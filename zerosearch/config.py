@@ -292,6 +292,7 @@ class TrainSection(_Section):
     max_prompt_tokens: PositiveInt
     corrective_message: Literal["ours", "reference"]
     information_layout: Literal["ours", "reference"]
+    mask_observations: bool
     ppo_epochs: PositiveInt
     mini_batch_size: PositiveInt
     micro_batch_size: PositiveInt
