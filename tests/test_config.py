@@ -77,6 +77,23 @@ def test_paper_presets_carry_the_papers_values():
         ({"simulator.curriculum.p_end": 1.5}, r"simulator\.curriculum\.p_end: Input should be less than or equal to 1"),
         ({"simulator.curriculum.p_start": 0.6, "simulator.curriculum.p_end": 0.2},
          r"simulator\.curriculum: Value error, p_start \(0\.6\) must be <= p_end \(0\.2\)"),
+        ({"simulator.curriculum.schedule": "linear"},
+         r"simulator\.curriculum\.schedule: Input should be 'exponential' or 'fixed'"),
+        # fixed reads p_end only, but the one rule p_start <= p_end holds under every schedule
+        ({"simulator.curriculum.schedule": "fixed", "simulator.curriculum.p_start": 0.6,
+          "simulator.curriculum.p_end": 0.2},
+         r"simulator\.curriculum: Value error, p_start \(0\.6\) must be <= p_end \(0\.2\)"),
+        # simulator_sft.init: scratch is the tiny world's, inside a running SFT stage, in its model's window
+        ({"simulator_sft.init": "scratch", "tiny_models.build": False},
+         r"simulator_sft\.init: scratch pretrains a tiny simulator .* needs tiny_models\.build: true"),
+        ({"simulator_sft.init": "scratch", "simulator_sft.enabled": False},
+         r"simulator_sft\.init: scratch builds the simulator in the simulator_sft stage"),
+        ({"simulator_sft.scratch.shape.max_position": 256},
+         r"simulator_sft\.scratch: Value error, pretrain\.seq_len must be <= shape\.max_position"),
+        ({"simulator_sft.init": "scratch", "simulator_sft.scratch.shape.max_position": 256,
+          "simulator_sft.scratch.pretrain.seq_len": 128},
+         r"simulator_sft: Value error, init: scratch fine-tunes a model of scratch\.shape: train\.seq_len"),
+        ({"simulator_sft.init": "copy"}, r"simulator_sft\.init: Input should be 'policy_copy' or 'scratch'"),
         ({"data.world.two_hop_fraction": -0.1}, r"data\.world\.two_hop_fraction: Input should be greater than or equal to 0"),
         ({"tiny_models.policy.num_heads": 3}, r"tiny_models\.policy: Value error, hidden_size must be divisible"),
         ({"data.in_domain": ["nq"]}, r"data: Value error, in_domain names benchmarks not in data\.benchmarks"),
@@ -87,6 +104,20 @@ def test_bad_values_name_the_key_and_the_file(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message) as e:
         load_config(path)
     assert str(path) in str(e.value)
+
+
+def test_ablation_switches_default_to_todays_behaviour_and_scratch_is_refused_outside_the_tiny_world():
+    """The ablation keys (a replication study flips them): the tiny world and the paper presets
+    run the paper's method; a simulator from scratch needs the tiny world."""
+    for path in (REPO / "params.yaml", REPO / "configs" / "paper" / "base.yaml"):
+        cfg = load_config(path)
+        assert cfg.simulator.curriculum.schedule == "exponential" and cfg.train.mask_observations is True
+        assert cfg.simulator_sft.init == "policy_copy"
+    scratch = load_config(REPO / "params.yaml", ["simulator_sft.init=scratch"])
+    assert scratch.simulator_sft.scratch.shape.hidden_size == 256
+    with pytest.raises(ConfigError, match=r"needs tiny_models\.build: true; outside the tiny world use "
+                                          r"simulator_sft\.init: policy_copy"):
+        load_config(REPO / "configs" / "paper" / "base.yaml", ["simulator_sft.init=scratch"])
 
 
 def test_missing_key_is_an_error(tmp_path):

@@ -81,3 +81,28 @@ def test_noisy_flags_errors():
         noisy_flags(1, 0, 4, 1.2)
     with pytest.raises(ValueError, match="n"):
         noisy_flags(1, 0, -1, 0.5)
+
+
+@pytest.mark.parametrize("p_start, p_end", [(0.0, 0.5), (0.25, 0.25), (0.1, 0.75)])
+def test_fixed_schedule_is_p_end_at_every_step(p_start, p_end):
+    total = 203
+    for step in (0, total // 2, total - 1, total, 10_000):
+        assert noise_probability(step, total, p_start, p_end, schedule="fixed") == p_end
+    # the exponential schedule of the same values starts at p_start and stays below p_end in training
+    assert noise_probability(0, total, p_start, p_end) == pytest.approx(p_start)
+    assert noise_probability(total - 1, total, p_start, p_end, schedule="exponential") <= p_end
+
+
+def test_exponential_is_the_default_schedule():
+    for step in (0, 7, 50, 99, 100):
+        assert noise_probability(step, 100, 0.1, 0.6, 4.0) == noise_probability(step, 100, 0.1, 0.6, 4.0,
+                                                                                  schedule="exponential")
+
+
+def test_unknown_schedule_and_bad_arguments_under_fixed():
+    with pytest.raises(ValueError, match="unknown noise schedule 'linear'; known: exponential, fixed"):
+        noise_probability(0, 10, 0.0, 0.5, schedule="linear")
+    with pytest.raises(ValueError, match="p_end"):
+        noise_probability(0, 10, 0.0, 1.5, schedule="fixed")
+    with pytest.raises(ValueError, match="step"):
+        noise_probability(-1, 10, 0.0, 0.5, schedule="fixed")

@@ -37,6 +37,11 @@ COMMON = {
     "train.entropy_coef": 0.001,
     "train.kl_coef": 0.001,
     "simulator.curriculum.base": 4.0,
+    # the paper's method, not its ablations: the exponential curriculum, state masking, a simulator
+    # fine-tuned from a pretrained model
+    "simulator.curriculum.schedule": "exponential",
+    "train.mask_observations": True,
+    "simulator_sft.init": "policy_copy",
     # the rollout (ZEROSEARCH.md, "Reference behaviour"): the row's prompt through the tokenizer's
     # chat template whenever it has one; MAX_TURNS 5 searches with documents plus an answer turn;
     # 500 tokens per turn, 2048 per observation, a 4096 window; the reference's corrective message and

@@ -78,6 +78,18 @@ def test_masks_are_exactly_the_policy_tokens(tok):
         assert batch.loss_mask[row, :p].sum() == 0 and batch.loss_mask[row, n:].sum() == 0
         assert batch.attention_mask[row].sum() == n
     assert batch.answers == ["Velora", "Zandoria", "Kadmir"]
+    # the response mask (the ablation without state masking) adds the observation and the
+    # corrective message, never the prompt or padding; trained_mask picks by the switch
+    for row, expected in ((0, expected_q1), (1, expected_q2)):
+        p = int(batch.prompt_lengths[row])
+        n = p + len(expected)
+        assert batch.response_mask[row].tolist() == [0] * p + [1] * len(expected) + [0] * (batch.input_ids.shape[1] - n)
+    assert torch.equal(batch.response_mask, batch.attention_mask * (torch.arange(batch.input_ids.shape[1])
+                                                                    >= batch.prompt_lengths[:, None]))
+    assert batch.trained_mask(True) is batch.loss_mask and batch.trained_mask(False) is batch.response_mask
+    observed = batch.response_mask - batch.loss_mask  # exactly the tokens the environment wrote
+    assert observed.min() == 0 and observed[0].sum() == len(obs) and observed[1].sum() == len(fix)
+    assert observed[2].sum() == 0  # Q3 answered at once: nothing to unmask
     assert batch.num_searches.tolist() == [1, 0, 0]
     assert [t.invalid_actions for t in batch.trajectories] == [0, 1, 0]
     assert batch.trajectories[0].noisy == [True]

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from zerosearch.search.simulated import SimulatedEngine, sft_prompt
@@ -72,3 +74,23 @@ def test_prompts_carry_query_question_and_answer():
     assert engine.prompt("q", "Q", ["A"], noisy=False) == ours_prompt.render("q", "Q", "A", False, 5)
     with pytest.raises(ValueError, match="needs the original questions"):
         engine.search(["q"])
+
+
+def test_fixed_schedule_asks_p_end_from_the_first_step():
+    """simulator.curriculum.schedule: fixed (the ablation without a curriculum): every step draws
+    noise at p_end, step 0 included; the config's schedule reaches the engine through the factory."""
+    from tests.conftest import micro_config
+    from zerosearch.search.factory import simulated_engine
+
+    engine = SimulatedEngine(FakeCompleter(), top_k=2, p_start=0.0, p_end=1.0, total_steps=10, seed=1,
+                             schedule="fixed")
+    for step in (0, 5, 9):
+        assert engine.noise_probability(step) == 1.0
+        docs = engine.search(["q"] * 8, questions=["Q"] * 8, answers=[["A"]] * 8, step=step)
+        assert all(d.noisy is True for ds in docs for d in ds)
+    for schedule, at_zero in (("fixed", 0.5), ("exponential", 0.0)):
+        cfg = micro_config(Path("unused"), f"simulator.curriculum.schedule={schedule}",
+                           "simulator.curriculum.p_start=0.0", "simulator.curriculum.p_end=0.5")
+        built = simulated_engine(cfg, completer=FakeCompleter(), total_steps=10)
+        assert built.schedule == schedule and built.noise_probability(0) == at_zero
+        assert built.noise_probability(10) == 0.5

@@ -176,3 +176,73 @@ def test_demo_world_searches_are_labelled_and_never_held_out(tmp_path, monkeypat
     assert held and not any(p.get("source") == "demo_world" for p in held)
     demo = [p for p in train if p.get("source") == "demo_world"]
     assert all(contains_answer(p["documents"], p["golden_answers"]) == (p["label"] == "useful") for p in demo)
+
+
+SCRATCH = [*[f"simulator_sft.scratch.shape.{k}={v}" for k, v in {"hidden_size": 48, "num_layers": 2, "num_heads": 4,
+                                                                   "num_kv_heads": 2, "intermediate_size": 96,
+                                                                   "max_position": 512}.items()],
+           *[f"simulator_sft.scratch.pretrain.{k}={v}" for k, v in {"steps": 3, "batch_size": 2, "seq_len": 64,
+                                                                     "warmup_steps": 1}.items()]]
+
+
+def test_scratch_simulator_has_its_own_shape_and_the_policys_pretraining_texts(tmp_path, monkeypatch):
+    """simulator_sft.init: scratch fine-tunes a fresh model of simulator_sft.scratch.shape (not the
+    policy copy), pretrained in this stage on exactly the texts the base stage gave the policy,
+    with the base tokenizer; policy_copy fine-tunes base.simulator_model as before."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    import zerosearch.agent.pretraining as pretraining
+    import zerosearch.stages.simulator_sft as stage
+    from zerosearch.lm.models import count_parameters
+
+    seen: dict[str, list] = {}
+    real = pretraining.pretrain
+
+    def recording(name, model, tokenizer, examples, run, seed, tracker, curve):
+        seen[name] = (examples, seed, run)
+        return real(name, model, tokenizer, examples, run, seed, tracker, curve)
+
+    monkeypatch.setattr(base_stage, "pretrain", recording)
+    monkeypatch.setattr(stage, "pretrain", recording)
+    copy_cfg = micro_config(tmp_path, *SCRATCH)
+    data_stage.run(copy_cfg)
+    base_stage.run(copy_cfg)
+    fake = [{"query": f"q{i}", "question": f"Q{i}?", "golden_answers": ["Velora"],
+             "documents": [f"(T{i}) born in {'Velora' if i % 3 == 0 else 'Zand'}."],
+             "label": "useful" if i % 3 == 0 else "noisy"} for i in range(60)]
+    monkeypatch.setattr(stage, "collect_pairs", lambda *a, **k: fake)
+    out = copy_cfg.path("models") / "simulator_sft"
+    policy = AutoModelForCausalLM.from_pretrained(copy_cfg.base.policy_model)
+
+    copied = stage.run(copy_cfg)  # policy_copy: the base simulator, the policy's shape
+    assert copied["simulator_init"] == "policy_copy" and "simulator_pretrain" not in seen
+    assert copied["simulator_params"] == count_parameters(policy)
+    assert not any(k.startswith("simulator_pretrain_") for k in copied)
+    assert AutoModelForCausalLM.from_pretrained(out).config.hidden_size == copy_cfg.tiny_models.policy.hidden_size
+
+    cfg = micro_config(tmp_path, *SCRATCH, "simulator_sft.init=scratch")
+    stats = stage.run(cfg)
+    shape = cfg.simulator_sft.scratch.shape
+    tok = AutoTokenizer.from_pretrained(cfg.base.policy_model)
+    torch.manual_seed(0)
+    expected = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=48, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+                                            tie_word_embeddings=True))
+    assert stats["simulator_init"] == "scratch"
+    assert stats["simulator_params"] == stats["simulator_pretrain_params"] == count_parameters(expected)
+    assert stats["simulator_params"] != count_parameters(policy)
+    assert stats["simulator_pretrain_final_loss"] > 0 and stats["simulator_pretrain_seconds"] >= 0
+    assert stats["simulator_pretrain_train_tokens"] == 3 * 2 * 64
+    saved = AutoModelForCausalLM.from_pretrained(out)
+    assert (saved.config.hidden_size, saved.config.num_hidden_layers, saved.config.num_key_value_heads,
+            saved.config.intermediate_size) == (shape.hidden_size, shape.num_layers, shape.num_kv_heads,
+                                                shape.intermediate_size)
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == tok.get_vocab()  # the base stage's tokenizer
+    # the policy's pretraining texts, in the policy's order; its own seed and run
+    policy_examples, policy_seed, _ = seen["policy"]
+    examples, seed, run = seen["simulator_pretrain"]
+    assert examples == policy_examples and len(examples) > cfg.tiny_models.n_demos
+    assert seed == cfg.base.seed + 2 != policy_seed and run == cfg.simulator_sft.scratch.pretrain
+    curve = (cfg.path("metrics") / "simulator_sft_loss.csv").read_text().splitlines()
+    assert curve[0] == "step,sft_loss" and len(curve) == 1 + cfg.simulator_sft.train.steps  # the SFT run, as before

@@ -140,6 +140,57 @@ def test_experience_masks_only_policy_tokens_and_old_log_probs_match(micro_world
     assert torch.allclose(logp[on], exp.old_log_probs[on], atol=1e-5)
 
 
+class _SearchThenAnswer:
+    """Searches the question's text once, then answers: every trajectory gets one observation."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def generate(self, contexts, max_new_tokens, keys=None):
+        out = []
+        for ctx in contexts:
+            after = self.tok.decode(ctx).split("Question: ")[1]
+            turn = "<answer> x </answer>" if "<information>" in after else f"<search> {after.split(chr(10))[0]} </search>"
+            out.append(self.tok(turn, add_special_tokens=False)["input_ids"])
+        return out
+
+
+def test_mask_observations_false_trains_on_observations_never_on_the_prompt(micro_world, tmp_path):
+    """train.mask_observations: true (state masking, today's) trains on sampled tokens only; false
+    (the paper's ablation) adds the <information> tokens, and GRPO's advantages follow that mask."""
+    from zerosearch.agent.rollout import run_rollouts
+
+    exps = {}
+    for flag in (True, False):
+        cfg = _cfg(micro_world, tmp_path / str(flag), f"train.mask_observations={str(flag).lower()}")
+        trainer = _trainer(cfg, tmp_path / str(flag) / "ckpt")
+        trainer.setup()
+        rows = trainer.rows[:2]
+        questions = [r["question"] for r in rows for _ in range(2)]
+        golden = [r["golden_answers"] for r in rows for _ in range(2)]
+        batch = run_rollouts(_SearchThenAnswer(trainer.m.tokenizer), trainer.m.tokenizer, trainer.engine,
+                             questions, golden, trainer.rollout_settings)
+        assert batch.num_searches.tolist() == [1, 1, 1, 1]
+        exps[flag] = (batch, trainer.make_experience(batch, torch.tensor([1.0, 0.0, 0.0, 1.0]), [0, 0, 1, 1]))
+        if not flag:
+            stats = trainer.update(exps[flag][1], step=0)
+            assert math.isfinite(stats["policy_loss"]) and math.isfinite(stats["kl"])
+    (batch, masked), (_, unmasked) = exps[True], exps[False]
+    sampled, response = batch.loss_mask[:, 1:].float(), batch.response_mask[:, 1:].float()
+    assert torch.equal(masked.mask, sampled)  # today's mask
+    assert torch.equal(unmasked.mask, response)
+    observed = (response - sampled).bool()
+    assert int(observed.sum()) == sum(len(t.response_ids) - sum(t.loss_mask) for t in batch.trajectories) > 0
+    for i, p in enumerate(batch.prompt_lengths.tolist()):
+        assert unmasked.mask[i, : p - 1].sum() == 0  # position t scores token t + 1: the prompt never
+        assert unmasked.mask[i, p - 1] == 1  # the first response token
+    # GRPO: each row's advantage on every trained token, 0 elsewhere; observations only without masking
+    assert torch.equal(unmasked.advantages != 0, unmasked.mask.bool())
+    assert torch.all(masked.advantages[observed] == 0) and torch.all(unmasked.advantages[observed] != 0)
+    on = masked.mask.bool()
+    assert torch.allclose(masked.advantages[on], unmasked.advantages[on])
+
+
 def test_train_stage_writes_policy_curve_and_summary(micro_world, tmp_path):
     cfg = _cfg(micro_world, tmp_path, "train.total_steps=2")
     summary = train_stage.run(cfg)

@@ -184,12 +184,15 @@ class SearchSection(_Section):
 
 
 class CurriculumSection(_Section):
+    schedule: Literal["exponential", "fixed"]
     p_start: Probability
     p_end: Probability
     base: Annotated[float, Field(gt=1.0)]
 
     @model_validator(mode="after")
     def _start_le_end(self) -> CurriculumSection:
+        # checked under every schedule (``fixed`` reads p_end only): one rule, and a preset
+        # switched back to exponential stays valid
         if self.p_start > self.p_end:
             raise ValueError(f"p_start ({self.p_start}) must be <= p_end ({self.p_end})")
         return self
@@ -254,14 +257,34 @@ class LoraSection(_Section):
     dropout: Probability
 
 
+class ScratchSimulatorSection(_Section):
+    shape: ModelShape
+    pretrain: PretrainRun
+
+    @model_validator(mode="after")
+    def _fits_context(self) -> ScratchSimulatorSection:
+        if self.pretrain.seq_len > self.shape.max_position:
+            raise ValueError("pretrain.seq_len must be <= shape.max_position")
+        return self
+
+
 class SimulatorSftSection(_Section):
     enabled: bool
+    init: Literal["policy_copy", "scratch"]
+    scratch: ScratchSimulatorSection
     n_questions: PositiveInt
     collect_temperature: PositiveFloat
     demo_world_searches: Annotated[int, Field(ge=0)]
     heldout_fraction: Annotated[float, Field(gt=0.0, lt=0.5)]
     train: PretrainRun
     lora: LoraSection
+
+    @model_validator(mode="after")
+    def _scratch_fits_the_sft_run(self) -> SimulatorSftSection:
+        if self.init == "scratch" and self.train.seq_len > self.scratch.shape.max_position:
+            raise ValueError("init: scratch fine-tunes a model of scratch.shape: train.seq_len must be <= "
+                             "scratch.shape.max_position")
+        return self
 
 
 class TrainSection(_Section):
@@ -289,6 +312,7 @@ class TrainSection(_Section):
     max_prompt_tokens: PositiveInt
     corrective_message: Literal["ours", "reference"]
     information_layout: Literal["ours", "reference"]
+    mask_observations: bool
     ppo_epochs: PositiveInt
     mini_batch_size: PositiveInt
     micro_batch_size: PositiveInt
@@ -365,6 +389,21 @@ class Config(_Section):
                              "set simulator.prompt=ours-sft, simulator.prompt_template_file=null and "
                              "simulator.api=completions, or simulator_sft.enabled=false to serve "
                              "base.simulator_model with another template")
+        return self
+
+    @model_validator(mode="after")
+    def _scratch_simulator_in_the_tiny_world(self) -> Config:
+        """A simulator pretrained from scratch reads the tiny world's pretraining texts and the
+        base stage's tokenizer: there are none outside it, and nothing to build when the SFT
+        stage is off."""
+        if self.simulator_sft.init == "scratch":
+            if not self.tiny_models.build:
+                raise ValueError("simulator_sft.init: scratch pretrains a tiny simulator on the tiny world's texts "
+                                 "with the base stage's tokenizer and needs tiny_models.build: true; outside the "
+                                 "tiny world use simulator_sft.init: policy_copy (fine-tune base.simulator_model)")
+            if not self.simulator_sft.enabled:
+                raise ValueError("simulator_sft.init: scratch builds the simulator in the simulator_sft stage: set "
+                                 "simulator_sft.enabled: true, or init: policy_copy")
         return self
 
     def path(self, name: str) -> Path:

@@ -18,7 +18,10 @@ starts with the tokenizer's start tokens once (``protocol.encode_prompt``).
 
 State masking: the loss mask is 1 exactly on tokens the policy sampled. Prompt tokens,
 ``<information>`` blocks and corrective messages are context the policy did not write, so
-they carry mask 0 and never enter the policy (or value) loss.
+they carry mask 0 and never enter the policy (or value) loss. The batch also holds the
+response mask (1 on every token after the prompt, observations included): the paper's
+ablation without state masking trains on it (``RolloutBatch.trained_mask``,
+``train.mask_observations: false``); the sampling is the same either way.
 
 Token ids are kept as generated (never re-tokenized), so log-probs computed later on
 ``input_ids`` are those of the sampled tokens.
@@ -160,6 +163,8 @@ class RolloutBatch:
     attention_mask: (B, L) 1 on real tokens
     loss_mask:      (B, L) 1 exactly on tokens the policy sampled
     prompt_lengths: (B,)
+    response_mask:  (B, L) 1 on every response token: the sampled ones, ``<information>``
+                    blocks and corrective messages; 0 on the prompt and padding
     """
 
     input_ids: torch.Tensor
@@ -167,6 +172,14 @@ class RolloutBatch:
     loss_mask: torch.Tensor
     prompt_lengths: torch.Tensor
     trajectories: list[Trajectory]
+    response_mask: torch.Tensor
+
+    def trained_mask(self, mask_observations: bool) -> torch.Tensor:
+        """The ``(B, L)`` mask of tokens the update trains on: ``loss_mask`` under state
+        masking (``mask_observations``, the paper's method), else ``response_mask`` (its
+        ablation: observations are trained on as if the policy had written them). Never the
+        prompt."""
+        return self.loss_mask if mask_observations else self.response_mask
 
     @property
     def answers(self) -> list[str | None]:
@@ -316,10 +329,12 @@ def _collate(trajs: list[Trajectory], pad_id: int) -> RolloutBatch:
     input_ids = torch.full((b, length), pad_id, dtype=torch.long)
     attention = torch.zeros((b, length), dtype=torch.long)
     loss_mask = torch.zeros((b, length), dtype=torch.long)
+    response_mask = torch.zeros((b, length), dtype=torch.long)
     for i, t in enumerate(trajs):
         n, p = len(t.context), len(t.prompt_ids)
         input_ids[i, :n] = torch.tensor(t.context)
         attention[i, :n] = 1
         loss_mask[i, p:n] = torch.tensor(t.loss_mask, dtype=torch.long)
+        response_mask[i, p:n] = 1
     prompt_lengths = torch.tensor([len(t.prompt_ids) for t in trajs])
-    return RolloutBatch(input_ids, attention, loss_mask, prompt_lengths, trajs)
+    return RolloutBatch(input_ids, attention, loss_mask, prompt_lengths, trajs, response_mask)

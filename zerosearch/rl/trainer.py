@@ -18,7 +18,10 @@ One training step:
    warm up linearly, then stay constant (one LR step per training step).
 
 Only tokens the policy sampled enter any loss (the rollout's loss mask): retrieved
-documents and corrective messages are state, not actions.
+documents and corrective messages are state, not actions. ``train.mask_observations: false``
+is the paper's ablation without state masking: every response token (observations included,
+never the prompt) enters the losses, the advantages and the KL and entropy means
+(``RolloutBatch.trained_mask``).
 
 Departures from the reference (Search-R1 / ZeroSearch on veRL):
 
@@ -163,7 +166,7 @@ class Experience:
 
     input_ids: Tensor  # (B, L)
     attention_mask: Tensor  # (B, L)
-    mask: Tensor  # (B, T) float, 1 on tokens the policy sampled
+    mask: Tensor  # (B, T) float, 1 on trained tokens: those the policy sampled (+ observations if not masked)
     old_log_probs: Tensor | None  # (B, T); None on-policy (the update uses its own, detached)
     ref_log_probs: Tensor | None  # (B, T), None without a KL term
     old_values: Tensor | None  # (B, T), PPO only
@@ -577,7 +580,7 @@ class RLTrainer:
         stats = batch.stats()
         counts = {k: stats.pop(k) for k in COUNTED_STATS}
         times = self._reduce(times, "max")
-        sampled = self._reduce({"sampled": float(exp.mask.sum())}, "sum")["sampled"]
+        sampled = self._reduce({"sampled": float(batch.loss_mask[:, 1:].sum())}, "sum")["sampled"]
         return {
             "reward_mean": float(scores.mean()), "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
             "em": sum(em) / len(em), **self._reduce(stats, "mean"), **self._reduce(counts, "sum"),
@@ -619,7 +622,7 @@ class RLTrainer:
         t, m = self.t, self.m
         device = self.accelerator.device
         ids, attn = batch.input_ids.to(device), batch.attention_mask.to(device)
-        mask = batch.loss_mask[:, 1:].float().to(device)
+        mask = batch.trained_mask(t.mask_observations)[:, 1:].float().to(device)
         start = first_scored_position(mask)
         need_old = not self.on_policy(len(ids))
         m.policy.eval()

@@ -6,7 +6,9 @@ and later learns to cope with poor ones:
 
     p(step) = p_start + (base**x - 1) / (base - 1) * (p_end - p_start),  x = step / total_steps
 
-Both functions are pure and deterministic, so a resumed run draws the same noise.
+Schedules are chosen by name (``SCHEDULES``): ``exponential`` is the paper's; ``fixed`` is the
+paper's ablation without a curriculum, ``p_end`` at every step (``p_start`` and ``base``
+unused). The functions are pure and deterministic, so a resumed run draws the same noise.
 """
 
 from __future__ import annotations
@@ -14,7 +16,19 @@ from __future__ import annotations
 import hashlib
 import random
 
-__all__ = ["mix_seed", "noise_probability", "noisy_flags"]
+__all__ = ["SCHEDULES", "mix_seed", "noise_probability", "noisy_flags"]
+
+
+def _exponential(x: float, p_start: float, p_end: float, base: float) -> float:
+    return p_start + (base**x - 1.0) / (base - 1.0) * (p_end - p_start)
+
+
+def _fixed(x: float, p_start: float, p_end: float, base: float) -> float:
+    return float(p_end)
+
+
+# name -> p(x) for x = step / total_steps in [0, 1)
+SCHEDULES = {"exponential": _exponential, "fixed": _fixed}
 
 
 def _check_probability(name: str, p: float) -> None:
@@ -23,17 +37,21 @@ def _check_probability(name: str, p: float) -> None:
 
 
 def noise_probability(
-    step: int, total_steps: int, p_start: float, p_end: float, base: float = 4.0
+    step: int, total_steps: int, p_start: float, p_end: float, base: float = 4.0,
+    schedule: str = "exponential",
 ) -> float:
     """Probability that a search call at ``step`` gets noisy documents.
 
-    ``step`` is the 0-based RL step; ``x = step / total_steps`` runs from 0 to 1 and the
-    probability rises from ``p_start`` (at step 0) to ``p_end`` (at ``step >= total_steps``,
-    where it stays). Non-decreasing in ``step`` when ``p_start <= p_end``.
+    ``step`` is the 0-based RL step; ``x = step / total_steps`` runs from 0 to 1. Under the
+    ``exponential`` schedule the probability rises from ``p_start`` (at step 0) to ``p_end``
+    (at ``step >= total_steps``, where it stays), non-decreasing in ``step`` when
+    ``p_start <= p_end``; under ``fixed`` it is ``p_end`` at every step.
 
-    Raises ValueError for ``step < 0``, ``total_steps <= 0``, ``base <= 1`` or a
-    probability outside [0, 1].
+    Raises ValueError for ``step < 0``, ``total_steps <= 0``, ``base <= 1``, a probability
+    outside [0, 1] or an unknown ``schedule``.
     """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown noise schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     if total_steps <= 0:
@@ -44,8 +62,7 @@ def noise_probability(
     _check_probability("p_end", p_end)
     if step >= total_steps:
         return float(p_end)
-    x = step / total_steps
-    return p_start + (base**x - 1.0) / (base - 1.0) * (p_end - p_start)
+    return SCHEDULES[schedule](step / total_steps, p_start, p_end, base)
 
 
 def _rng_for(seed: int, step: int) -> random.Random:

@@ -63,7 +63,7 @@ def simulated_engine(cfg: Config, simulator_url: str | list[str] | None = None, 
                            top_k=cfg.search.top_k, max_tokens=sim.max_tokens, temperature=sim.temperature,
                            top_p=sim.top_p, p_start=c.p_start, p_end=c.p_end, base=c.base,
                            total_steps=total_steps or cfg.train.total_steps,
-                           seed=cfg.base.seed if seed is None else seed)
+                           seed=cfg.base.seed if seed is None else seed, schedule=c.schedule)
 
 
 def real_engine(cfg: Config, name: str = "bm25") -> SearchEngine:

@@ -2,7 +2,7 @@
 
 Per search call the curriculum decides, for each query, whether the simulator is asked for
 *useful* documents (that help answer the question) or *noisy* ones (related but unhelpful):
-noise probability ``p(step)`` from ``curriculum.noise_probability``, flags drawn with a RNG
+noise probability ``p(step)`` from ``curriculum.noise_probability`` (its ``schedule`` by name), flags drawn with a RNG
 seeded by (seed, step, call index), so a resumed run redraws the same kinds. The call's
 documents are seeded the same way: the completer gets ``seed=mix_seed(seed, step, call)``
 (the in-process simulator reseeds its own generator with it; a served one sends a seed per
@@ -62,11 +62,13 @@ class SimulatedEngine:
         base: float = 4.0,
         total_steps: int = 1,
         seed: int = 0,
+        schedule: str = "exponential",
     ):
         self.completer, self.top_k = completer, top_k
         self.template = template if template is not None else named_template("ours-sft")
         self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
         self.p_start, self.p_end, self.base, self.total_steps = p_start, p_end, base, total_steps
+        self.schedule = schedule
         self.seed = seed
         self._step, self._call = -1, 0
         self.reset_stats()
@@ -75,7 +77,7 @@ class SimulatedEngine:
         self.stats = {"queries": 0, "noisy": 0, "malformed": 0, "repaired": 0}
 
     def noise_probability(self, step: int) -> float:
-        return noise_probability(step, self.total_steps, self.p_start, self.p_end, self.base)
+        return noise_probability(step, self.total_steps, self.p_start, self.p_end, self.base, self.schedule)
 
     def prompt(self, query: str, question: str, answers: Sequence[str], noisy: bool) -> str:
         return self.template.render(query, question, answers[0] if answers else "", noisy, self.top_k)

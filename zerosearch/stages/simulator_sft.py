@@ -13,6 +13,13 @@ Run it with ``zerosearch simulator_sft`` (alias ``sft``; or ``dvc repro simulato
    question and answer in the prompt; the loss is on the documents only), fully or with
    LoRA (``peft``; merged before saving so any server can load it).
 
+The simulator fine-tuned is ``simulator_sft.init``'s: ``policy_copy`` loads
+``base.simulator_model`` (the base stage's copy of the pretrained policy); ``scratch`` (tiny
+world only) first builds a fresh model of ``simulator_sft.scratch.shape`` with the base
+policy's tokenizer and pretrains it here on the policy's own pretraining texts
+(``agent.pretraining``), so a simulator of another size reruns this stage and those after it,
+never the base stage.
+
 Outputs under ``models/simulator_sft/``: the model (HF format), ``sft_train.jsonl`` and
 ``sft_heldout.jsonl`` (the labelled pairs). Departures from the paper: the reference SFT
 data came from a large policy querying a web engine, ours from the tiny base policy and
@@ -29,13 +36,20 @@ from typing import Any
 
 import torch
 
+from zerosearch.agent.pretraining import pretrain, pretraining_texts
 from zerosearch.agent.rollout import Generator, RolloutSettings, run_rollouts
 from zerosearch.atomic import write_csv
 from zerosearch.config import Config, LoraSection, PretrainRun
 from zerosearch.data.demos import demo_searches, demo_world
 from zerosearch.data.schema import read_jsonl, read_qa_parquet, write_jsonl
 from zerosearch.lm.generation import HFGenerator
-from zerosearch.lm.models import load_model, save_model, with_lora
+from zerosearch.lm.models import (
+    count_parameters,
+    load_model,
+    save_model,
+    tiny_causal_lm,
+    with_lora,
+)
 from zerosearch.lm.supervised import pack_examples, train_causal_lm
 from zerosearch.progress import progress
 from zerosearch.protocol import Doc, SearchEngine, Segment, format_docs
@@ -154,6 +168,24 @@ def label_searches(searches: list[dict], engine: SearchEngine) -> list[dict]:
     return pairs
 
 
+def scratch_simulator(cfg: Config, tracker: Tracker) -> tuple[Any, Any, dict[str, float]]:
+    """``simulator_sft.init: scratch``: a fresh Qwen2 model of ``simulator_sft.scratch.shape``
+    with the base policy's tokenizer, pretrained with ``scratch.pretrain`` on the texts the base
+    stage pretrained the policy on (rebuilt from the config, in the policy's order), init and
+    batches seeded by ``base.seed + 2`` (the policy's are ``base.seed``, the copied
+    simulator's further pretraining ``base.seed + 1``). Returns the model, the tokenizer and
+    ``simulator_pretrain_{params,final_loss,seconds,train_tokens}``."""
+    if not cfg.tiny_models.build:  # the config refuses it too; this stage reads the tiny world's texts
+        raise ValueError("simulator_sft.init: scratch needs tiny_models.build: true")
+    scratch, seed = cfg.simulator_sft.scratch, cfg.base.seed + 2
+    _, tokenizer = load_model(cfg.base.policy_model)  # the base stage's tokenizer (the policy is unused)
+    texts = pretraining_texts(cfg)
+    model = tiny_causal_lm(scratch.shape, len(tokenizer), tokenizer, seed)
+    stats = pretrain("simulator_pretrain", model, tokenizer, texts.policy_examples(cfg.base.seed), scratch.pretrain,
+                     seed, tracker, {})
+    return model, tokenizer, stats
+
+
 def skip(cfg: Config) -> dict[str, Any]:
     """``simulator_sft.enabled: false`` (paper presets serving a released simulator): the
     stage's declared outputs, empty, with a note saying why; returns its stats."""
@@ -193,7 +225,12 @@ def run(cfg: Config, tracker: Tracker = NullTracker()) -> dict[str, Any]:
     train = [p for p in balanced if id(p) not in held_ids]
     collect_s = time.perf_counter() - t0
 
-    simulator, sim_tok = load_model(cfg.base.simulator_model)
+    if s.init == "scratch":
+        simulator, sim_tok, init_stats = scratch_simulator(cfg, tracker)
+    else:
+        simulator, sim_tok = load_model(cfg.base.simulator_model)
+        init_stats = {}
+    init_stats["simulator_params"] = count_parameters(simulator)
     curve = []
 
     def on_step(step: int, m: dict[str, float]) -> None:
@@ -209,7 +246,8 @@ def run(cfg: Config, tracker: Tracker = NullTracker()) -> dict[str, Any]:
     return {"pairs_collected": len(pairs), "pairs_useful": sum(p["label"] == "useful" for p in pairs),
             "demo_world_pairs": len(demo),
             "pairs_train": len(train), "pairs_heldout": len(heldout), "collect_seconds": collect_s,
-            "sft_final_loss": sum(losses[-10:]) / len(losses[-10:]), "seconds": time.perf_counter() - t0}
+            "sft_final_loss": sum(losses[-10:]) / len(losses[-10:]), "seconds": time.perf_counter() - t0,
+            "simulator_init": s.init, **init_stats}
 
 
 def load_heldout(directory: str | Path) -> list[dict]:
