@@ -15,7 +15,7 @@ BIN := $(abspath $(VENV))/bin
 # Prefect's temporary local server: no telemetry (it only adds sqlite lock noise offline).
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install lock run test test-slow clean mlflow-ui prefect-ui deploy browser-deps
+.PHONY: install lock run replicate test test-slow clean mlflow-ui prefect-ui deploy browser-deps
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile $(LOCK)
@@ -45,6 +45,14 @@ lock:
 # The whole pipeline on params.yaml (the tiny CPU world by default); stages already up to date are skipped.
 run: install
 	PATH=$(BIN):$$PATH HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} dvc repro
+
+# The replication study (configs/replication.yaml): every variant x seed a DVC experiment, run
+# one at a time and resumable (finished experiments are skipped), then docs/REPLICATION.md and
+# metrics/replication.json. Select with REPLICATE_ARGS, e.g. "--claims 1,2 --seeds 2" or
+# "--dry-run" (the plan and an estimated time); ~10 h on 2 cores for the whole study.
+REPLICATE_ARGS ?=
+replicate: install
+	PATH=$(BIN):$$PATH HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(BIN)/zerosearch replicate $(REPLICATE_ARGS)
 
 # The fast test suite (slow end-to-end tests are excluded; `make test-slow` runs them).
 test: install

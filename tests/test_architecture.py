@@ -155,7 +155,9 @@ def test_every_csv_plot_names_its_columns():
         for entry in body.get("plots", []):
             name = next(iter(entry)) if isinstance(entry, dict) else entry
             assert not str(name).endswith(".csv"), f"stage {stage} plots {name}: draw it with a top-level plot"
-    plots = {next(iter(p)): next(iter(p.values())) for p in spec["plots"]}
+    images = [p for p in spec["plots"] if isinstance(p, str)]  # image directories (the replication charts)
+    assert all(not p.endswith(".csv") for p in images), images
+    plots = {next(iter(p)): next(iter(p.values())) for p in spec["plots"] if isinstance(p, dict)}
     assert {"base_loss", "simulator_sft_loss", "train_reward", "validation"} <= set(plots)
     for name, plot in plots.items():
         assert plot["x"] == "step" and plot["y"], name

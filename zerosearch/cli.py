@@ -26,7 +26,7 @@ from zerosearch.config import Config, ConfigError, load_config
 app = typer.Typer(
     help="ZeroSearch: train a search agent against a simulated search engine.\n\n"
     "Stages: data -> base -> simulator_sft -> train -> evaluate (aliases: sft, eval); `dvc repro` runs them all; `zerosearch ask` queries the agent, `zerosearch serve-agent` serves it (OpenAI API). "
-    "`zerosearch serve` serves the simulator, `zerosearch simulator probe` checks its useful/noisy switch. `zerosearch experiment` runs a DVC experiment, `zerosearch deploy` "
+    "`zerosearch serve` serves the simulator, `zerosearch simulator probe` checks its useful/noisy switch. `zerosearch experiment` runs a DVC experiment, `zerosearch replicate` the replication study, `zerosearch deploy` "
     "schedules them, `zerosearch ui` starts the MLflow UI.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -372,6 +372,99 @@ def experiment(
         console.print(f"  MLflow {run['stage']}: {run['url']}")
     if out["mlflow_runs"] and not tracking_uri().startswith(("http://", "https://")):
         console.print("  (the runs are in mlflow.db; the links open while `zerosearch ui` or `make mlflow-ui` runs)")
+
+
+REPLICATE_HELP = """Run the replication study (configs/replication.yaml) and write its report.
+
+Every variant x seed of the selected claims is a DVC experiment `rep-<variant>-b<base seed>-s<RL seed>`
+(`dvc exp run --temp`, one at a time). Resumable: finished experiments (ref with metrics/evaluate.json and
+its predictions) are skipped, an interrupted one is rerun, a failed one is reported and the study goes on.
+Base models and simulators are shared through DVC's run cache (once per base seed / simulator config).
+Then writes metrics/replication.json, docs/REPLICATION.md, metrics/replication_plots/claim<k>.png and an
+MLflow `replication` run. Claims: 1 simulator vs real engine, 2 curriculum vs fixed noise, 3 state masking,
+4 RL algorithms, 5 baselines. Exit 1 when an experiment failed."""
+
+
+@app.command(help=REPLICATE_HELP)
+def replicate(
+    claims: Annotated[str | None, typer.Option(help="Claims to run, e.g. 1,2 (default: all).")] = None,
+    seeds: Annotated[int | None, typer.Option(help="RL seeds (train.seed 0..N-1) per variant (default: the study's, 3).")] = None,
+    base_seeds: Annotated[int | None, typer.Option(help="Base seeds (base.seed 0..N-1) of the claims that vary them "
+                                                        "(1, 2, 5; default: the study's, 3).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan, its size and the estimated time; run nothing.")] = False,
+    report_only: Annotated[bool, typer.Option(help="Only (re)write the report from the finished experiments.")] = False,
+    study_file: Annotated[Path, typer.Option("--study", help="The study file.")] = Path("configs/replication.yaml"),
+) -> None:
+    from zerosearch.mlops.study import counts, load_study, parse_claims, plan
+
+    try:
+        study = load_study(study_file).select(parse_claims(claims), seeds, base_seeds)
+    except ConfigError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    experiments = plan(study)
+    if dry_run:
+        _print_replication_plan(study, experiments)
+        return
+    cfg = _config(Path("params.yaml"), None)
+    if report_only:
+        from zerosearch.mlops.replication import DvcStore
+        from zerosearch.mlops.replication_report import build_report, publish
+
+        report, paths = build_report(study, experiments, DvcStore(".", cfg.base.paths.metrics))
+        publish(report, paths, cfg)
+        for c in report["claims"]:
+            console.print(f"claim {c['id']} ({c['title']}): [bold]{c['verdict']}[/bold]")
+        console.print(f"{report['experiments']['finished']} of {len(experiments)} experiments finished; wrote "
+                      + ", ".join(str(p) for p in paths if p.suffix != ".png") + " and the charts")
+        return
+    from flows.replicate import replicate_flow
+
+    try:
+        with _flow_session():
+            out = replicate_flow([c.id for c in study.claims], study.rl_seeds, study.base_seeds,
+                                 study_file=str(study_file))
+    except ConfigError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"ran {len(out['ran'])}, skipped {len(out['skipped'])} finished, failed {len(out['failed'])}; "
+                  f"counts per variant: {counts(experiments)}")
+    for c in out["report"]["claims"]:
+        console.print(f"claim {c['id']} ({c['title']}): [bold]{c['verdict']}[/bold]")
+    for name, why in out["failed"].items():
+        err.print(f"[red]failed:[/red] {name}: {why.splitlines()[0]}", highlight=False)
+    raise typer.Exit(1 if out["failed"] else 0)
+
+
+def _print_replication_plan(study, experiments) -> None:
+    from zerosearch.mlops.replication import check_plan, estimate, measured_seconds
+    from zerosearch.mlops.study import counts
+
+    table = Table(title=f"replication plan: {len(experiments)} experiments")
+    for col in ("claim", "rows (variants)", "seeds that vary"):
+        table.add_column(col)
+    for c in study.claims:
+        base, rl = study.seeds(c, c.rows[0].variant)
+        table.add_row(f"{c.id}. {c.title}", ", ".join(r.id for r in c.rows),
+                      ", ".join(f"{k} {len(base) if k == 'base' else len(rl)}" for k in c.vary) or "none")
+    console.print(table)
+    per = Table(title="experiments per variant (shared variants counted once)")
+    per.add_column("variant")
+    per.add_column("experiments", justify="right")
+    for variant, n in counts(experiments).items():
+        per.add_row(variant, str(n))
+    console.print(per)
+    cfg = _config(Path("params.yaml"), None)
+    measured = measured_seconds(cfg.path("metrics"))
+    est = estimate(experiments, measured, cfg.base.seed)
+    if not est["complete"]:
+        console.print("estimate: incomplete (no metrics/train.json or validation times yet: run `make run` first)")
+    parts = ", ".join(f"{k} {v / 3600:.1f} h" for k, v in est["parts"].items())
+    console.print(f"estimated time: [bold]{est['seconds'] / 3600:.1f} h[/bold] ({parts}; {est['new_base_seeds']} new "
+                  f"base seed(s), {est['simulator_sft_runs']} simulator SFT run(s)), from the stage times of the "
+                  f"workspace's last run on {est['hardware']}")
+    for variant, why in check_plan(experiments).items():
+        err.print(f"[yellow]variant {variant} does not validate:[/yellow] {why}", highlight=False)
 
 
 @app.command()

@@ -146,3 +146,43 @@ def resolve_preset(preset: str | Path, repo: str | Path = ".") -> Path:
     names = sorted(str(p.relative_to(repo / "configs").with_suffix(""))
                    for p in (repo / "configs").rglob("*.yaml") if not {"accelerate", "systemd", "prompts"} & set(p.parts))
     raise ConfigError(f"unknown preset {preset!r}: give params.yaml, a path, or one of {names}")
+
+
+def has_experiment(name: str, repo: str | Path = ".") -> bool:
+    try:
+        experiment_ref(name, repo)
+    except LookupError:
+        return False
+    return True
+
+
+def remove_experiment(name: str, repo: str | Path = ".") -> None:
+    """``dvc exp remove <name>`` (a ref left by an experiment whose outputs are incomplete)."""
+    subprocess.run(["dvc", "exp", "remove", check_name(name)], cwd=repo, check=True, capture_output=True, text=True)
+
+
+def locked_out_md5(lock: dict[str, Any], path: str) -> str | None:
+    """The md5 a ``dvc.lock`` mapping records for the stage output ``path`` (None: not an output)."""
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            if out.get("path") == path:
+                return out.get("md5")
+    return None
+
+
+def cache_dir(repo: str | Path = ".") -> Path:
+    """The repository's DVC cache (``dvc cache dir``; ``.dvc/cache`` when dvc cannot say)."""
+    out = subprocess.run(["dvc", "cache", "dir"], cwd=repo, capture_output=True, text=True, check=False)
+    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else Path(repo) / ".dvc" / "cache"
+
+
+def experiment_output(name: str, path: str, repo: str | Path = ".", cache: Path | None = None) -> str:
+    """A DVC-cached stage output (e.g. ``metrics/evaluate_predictions.jsonl``) as experiment
+    ``name`` left it: its md5 from the experiment's ``dvc.lock``, its text from the cache."""
+    md5 = locked_out_md5(yaml.safe_load(experiment_file(name, "dvc.lock", repo)) or {}, path)
+    if not md5 or md5.endswith(".dir"):
+        raise LookupError(f"experiment {name!r}: {path} is not a cached file output in its dvc.lock")
+    file = (cache or cache_dir(repo)) / "files" / "md5" / md5[:2] / md5[2:]
+    if not file.is_file():
+        raise LookupError(f"experiment {name!r}: {path} ({md5}) is not in the DVC cache {file.parent.parent}")
+    return file.read_text(encoding="utf-8")
