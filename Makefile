@@ -46,7 +46,7 @@ lock:
 run: install
 	PATH=$(BIN):$$PATH HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} dvc repro
 
-# The replication study (configs/replication.yaml): every variant x seed a DVC experiment, run
+# The replication study (configs/studies/replication.yaml): every variant x seed a DVC experiment, run
 # one at a time and resumable (finished experiments are skipped), then docs/REPLICATION.md and
 # metrics/replication.json. Select with REPLICATE_ARGS, e.g. "--claims 1,2 --seeds 2" or
 # "--dry-run" (the plan and an estimated time); ~10 h on 2 cores for the whole study.

@@ -46,7 +46,7 @@ def replicate_deployment(repo: str = ".") -> RunnerDeployment:
     return replicate_flow.to_deployment(
         name=REPLICATE_DEPLOYMENT,
         parameters={"claims": None, "seeds": None, "base_seeds": None, "report_only": False, "repo": repo},
-        description="zerosearch replication study (configs/replication.yaml): every variant x seed a DVC "
+        description="zerosearch replication study (configs/studies/replication.yaml): every variant x seed a DVC "
                     "experiment, then docs/REPLICATION.md; UI runs only",
         tags=["zerosearch", "replication"],
     )

@@ -2,7 +2,7 @@
 starts from the Prefect UI (deployment ``replicate/zerosearch-replicate``, ``zerosearch deploy``).
 
 Parameters: ``claims`` (ids; empty: all), ``seeds`` / ``base_seeds`` (how many RL / base seeds;
-empty: ``configs/replication.yaml``'s), ``report_only``. Steps, each a task in the UI:
+empty: ``configs/studies/replication.yaml``'s), ``report_only``. Steps, each a task in the UI:
 
 1. ``plan-replication``: the study's experiments (``zerosearch.mlops.study.plan``), every
    variant's overrides validated through the config schema (a bad key fails here, naming it).

@@ -10,7 +10,7 @@ from zerosearch.config import ConfigError, apply_overrides, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted((REPO / "configs").rglob("*.yaml"))
-PRESETS = [p for p in PRESETS if not {"accelerate", "prompts"} & set(p.parts)]  # prompts: simulator templates
+PRESETS = [p for p in PRESETS if not {"accelerate", "prompts", "studies"} & set(p.parts)]  # prompts: simulator templates; studies: not params
 PAPER = sorted(p for p in (REPO / "configs" / "paper").glob("*.yaml") if p.name != "base.yaml")
 
 

@@ -27,7 +27,7 @@ BENCHES = ("tiny_single", "tiny_multi")
 
 
 def study(**select):
-    return load_study(REPO / "configs" / "replication.yaml").select(**select)
+    return load_study(REPO / "configs" / "studies" / "replication.yaml").select(**select)
 
 
 # ----------------------------------------------------------------------------- plan
@@ -277,7 +277,7 @@ def test_replicate_help_and_dry_run_print_the_plan_and_a_time_from_measured_stag
     (metrics / "train_validation.csv").write_text("step,val_em,val_seconds\n0,0.1,9.0\n20,0.2,9.0\n")
     monkeypatch.chdir(tmp_path)
     out = CliRunner().invoke(app, ["replicate", "--dry-run", "--claims", "3", "--seeds", "2",
-                                   "--study", str(REPO / "configs" / "replication.yaml")], terminal_width=200)
+                                   "--study", str(REPO / "configs" / "studies" / "replication.yaml")], terminal_width=200)
     assert out.exit_code == 0, out.output
     text = " ".join(out.output.split())
     assert "replication plan: 4 experiments" in text

@@ -374,7 +374,7 @@ def experiment(
         console.print("  (the runs are in mlflow.db; the links open while `zerosearch ui` or `make mlflow-ui` runs)")
 
 
-REPLICATE_HELP = """Run the replication study (configs/replication.yaml) and write its report.
+REPLICATE_HELP = """Run the replication study (configs/studies/replication.yaml) and write its report.
 
 Every variant x seed of the selected claims is a DVC experiment `rep-<variant>-b<base seed>-s<RL seed>`
 (`dvc exp run --temp`, one at a time). Resumable: finished experiments (ref with metrics/evaluate.json and
@@ -393,7 +393,7 @@ def replicate(
                                                         "(1, 2, 5; default: the study's, 3).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the plan, its size and the estimated time; run nothing.")] = False,
     report_only: Annotated[bool, typer.Option(help="Only (re)write the report from the finished experiments.")] = False,
-    study_file: Annotated[Path, typer.Option("--study", help="The study file.")] = Path("configs/replication.yaml"),
+    study_file: Annotated[Path, typer.Option("--study", help="The study file.")] = Path("configs/studies/replication.yaml"),
 ) -> None:
     from zerosearch.mlops.study import counts, load_study, parse_claims, plan
 

@@ -1,4 +1,4 @@
-"""The replication study as data (``configs/replication.yaml``) and its plan.
+"""The replication study as data (``configs/studies/replication.yaml``) and its plan.
 
 A study has claims; a claim is a table of rows; a row is one variant's evaluation method
 (``agent`` unless it says otherwise) next to the paper's number. A variant is a set of
@@ -26,7 +26,7 @@ import yaml
 
 from zerosearch.config import ConfigError
 
-STUDY_FILE = Path("configs/replication.yaml")
+STUDY_FILE = Path("configs/studies/replication.yaml")
 VARIANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,60}")
 SEED_KINDS = ("rl", "base")
 
