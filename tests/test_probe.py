@@ -13,6 +13,7 @@ from tests.conftest import micro_config
 from tests.test_client import Server
 from zerosearch.cli import app
 from zerosearch.data.schema import write_qa_parquet
+from zerosearch.protocol import Doc
 from zerosearch.search.probe import (
     ProbeResult,
     SimulatorProbeError,
@@ -200,3 +201,42 @@ def test_cli_simulator_probe(tmp_path, fake_simulator):
 
 def test_probe_result_passes_at_exactly_min_gap():
     assert ProbeResult(10, 0.3, 0.1, 0.0, 0.2).passed and not ProbeResult(10, 0.3, 0.11, 0.0, 0.2).passed
+
+
+class _Bm25Stub:
+    """A real engine's stand-in: finds the answer for the first ``found`` questions."""
+
+    def __init__(self, found: int):
+        self.found, self.queries = found, []
+
+    def search(self, queries, **kw):
+        self.queries.append(list(queries))
+        out = []
+        for q in queries:
+            number = int(q.split("person ")[1].split(" ")[0])
+            gold = next(r for r in ROWS if r["question"] == q)["golden_answers"][0]
+            out.append([Doc("t", f"born in {gold}" if number < self.found else "born somewhere")])
+        return out
+
+
+def test_the_real_engine_answers_the_same_queries_for_its_rate():
+    engine = _Bm25Stub(found=20)
+    result = probe(SwitchCompleter(), n=40, reference=engine)
+    assert result.bm25_contains_gold_rate == 0.5  # 20 of the 40 probed questions
+    assert sorted(engine.queries[0]) == sorted(r["question"] for r in ROWS)
+    assert result.metrics()["simulator_probe/bm25_contains_gold_rate"] == 0.5
+    assert result.record() == {"n_questions": 40, "useful_contains_gold_rate": 1.0, "noisy_contains_gold_rate": 0.0,
+                               "gap": 1.0, "malformed_rate": 0.0, "bm25_contains_gold_rate": 0.5}
+    assert "BM25 on the same queries 50%" in result.summary()
+    assert probe(SwitchCompleter()).bm25_contains_gold_rate is None  # no real engine: no rate
+
+
+def test_probe_hook_hands_its_result_to_the_stage(tmp_path, fake_simulator):
+    from zerosearch.stages.train import probe_simulator
+
+    server = fake_simulator(switch=True)
+    cfg = probed_config(tmp_path, server.url)
+    results: list = []
+    probe_simulator(cfg, server.url, ROWS, MemoryTracker(), results=results)
+    assert len(results) == 1 and results[0].record()["gap"] == 1.0
+    assert results[0].bm25_contains_gold_rate is None  # no BM25 index under this data dir

@@ -27,6 +27,7 @@ from typing import Any
 
 from zerosearch.config import Config
 from zerosearch.errors import InputError
+from zerosearch.protocol import SearchEngine
 from zerosearch.rewards import normalize_answer
 from zerosearch.search.simulated import Completer
 from zerosearch.search.simulator_output import parse_documents
@@ -51,6 +52,8 @@ class ProbeResult:
     min_gap: float
     template: str = ""
     model: str = ""
+    # BM25 on the same queries (None: no BM25 index), the real engine's rate to compare with
+    bm25_contains_gold_rate: float | None = None
 
     @property
     def gap(self) -> float:
@@ -65,12 +68,22 @@ class ProbeResult:
         return {f"simulator_probe/{k}": float(v) for k, v in (
             ("useful_contains_gold_rate", self.useful_contains_gold_rate),
             ("noisy_contains_gold_rate", self.noisy_contains_gold_rate),
-            ("gap", self.gap), ("malformed_rate", self.malformed_rate), ("n_questions", self.n_questions))}
+            ("gap", self.gap), ("malformed_rate", self.malformed_rate), ("n_questions", self.n_questions),
+            *((("bm25_contains_gold_rate", self.bm25_contains_gold_rate),) if self.bm25_contains_gold_rate is not None
+              else ()))}
+
+    def record(self) -> dict[str, Any]:
+        """The rates as the train stage's summary keeps them (``train.json`` ``simulator_probe``)."""
+        return {"n_questions": self.n_questions, "useful_contains_gold_rate": self.useful_contains_gold_rate,
+                "noisy_contains_gold_rate": self.noisy_contains_gold_rate, "gap": round(self.gap, 6),
+                "malformed_rate": self.malformed_rate, "bm25_contains_gold_rate": self.bm25_contains_gold_rate}
 
     def summary(self) -> str:
         return (f"asked for useful documents, {self.useful_contains_gold_rate:.0%} of the outputs hold a gold "
                 f"answer; asked for noisy ones, {self.noisy_contains_gold_rate:.0%} (gap {self.gap:+.2f}, "
                 f"min_gap {self.min_gap:.2f}); {self.malformed_rate:.0%} of the outputs malformed; "
+                + (f"BM25 on the same queries {self.bm25_contains_gold_rate:.0%}; "
+                   if self.bm25_contains_gold_rate is not None else "") +
                 f"{self.n_questions} training questions, template {self.template or '?'}, model {self.model or '?'}")
 
     def failure_message(self) -> str:
@@ -101,9 +114,11 @@ def probe_questions(rows: Sequence[Mapping[str, Any]], n: int, seed: int) -> lis
 
 def run_probe(completer: Completer, template: PromptTemplate, rows: Sequence[Mapping[str, Any]], *,
               n_questions: int, min_gap: float, top_k: int, max_tokens: int, temperature: float,
-              top_p: float | None = 1.0, seed: int = 0, model: str = "") -> ProbeResult:
+              top_p: float | None = 1.0, seed: int = 0, model: str = "",
+              reference: SearchEngine | None = None) -> ProbeResult:
     """Ask ``completer`` for useful and for noisy documents on ``n_questions`` of ``rows``
-    (``question``, ``golden_answers``); one batched call of ``2 * n`` prompts."""
+    (``question``, ``golden_answers``); one batched call of ``2 * n`` prompts. ``reference``
+    (a real engine, BM25) answers the same queries for ``bm25_contains_gold_rate``."""
     picked = probe_questions(rows, n_questions, seed)
     n = len(picked)
     if n == 0:
@@ -113,10 +128,15 @@ def run_probe(completer: Completer, template: PromptTemplate, rows: Sequence[Map
     texts = completer.complete(prompts, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     parsed = [parse_documents(t, top_k) for t in texts]
     hits = [contains_gold(p.docs, r["golden_answers"]) for p, r in zip(parsed, [*picked, *picked], strict=True)]
+    real = None
+    if reference is not None:
+        found = reference.search([r["question"] for r in picked])
+        real = sum(contains_gold([d.render() for d in docs], r["golden_answers"])
+                   for docs, r in zip(found, picked, strict=True)) / n
     return ProbeResult(n_questions=n, useful_contains_gold_rate=sum(hits[:n]) / n,
                        noisy_contains_gold_rate=sum(hits[n:]) / n,
                        malformed_rate=sum(p.malformed for p in parsed) / (2 * n),
-                       min_gap=min_gap, template=template.name, model=model)
+                       min_gap=min_gap, template=template.name, model=model, bm25_contains_gold_rate=real)
 
 
 def probe_from_config(cfg: Config, simulator_url: str | list[str] | None, rows: Sequence[Mapping[str, Any]],
@@ -127,12 +147,14 @@ def probe_from_config(cfg: Config, simulator_url: str | list[str] | None, rows: 
     template, sampling and ``simulator.probe`` settings."""
     from zerosearch.search.factory import (
         inprocess_completer,
+        real_engine,
         simulator_client,
         simulator_template,
     )
 
     sim, probe = cfg.simulator, cfg.simulator.probe
     template = simulator_template(cfg)
+    reference = real_engine(cfg, "bm25") if (cfg.path("data") / "bm25").exists() else None
     name = sim.prompt_template_file or sim.prompt
     with contextlib.ExitStack() as stack:
         if completer is None and simulator_url is None and sim.backend == "inprocess":
@@ -144,7 +166,7 @@ def probe_from_config(cfg: Config, simulator_url: str | list[str] | None, rows: 
         result = run_probe(completer, template, rows, n_questions=n_questions or probe.n_questions,
                            min_gap=probe.min_gap, top_k=cfg.search.top_k, max_tokens=sim.max_tokens,
                            temperature=sim.temperature, top_p=sim.top_p, seed=cfg.base.seed,
-                           model=cfg.served_simulator())
+                           model=cfg.served_simulator(), reference=reference)
     return dataclasses.replace(result, template=f"{name} ({sim.api})")
 
 

@@ -37,6 +37,7 @@ from zerosearch.lm.models import save_model
 from zerosearch.protocol import SearchEngine
 from zerosearch.rewards import ANSWER_METRICS
 from zerosearch.rl.launch import build_accelerator
+from zerosearch.rl.step_timing import PHASES
 from zerosearch.rl.trainer import RLTrainer, Validation
 from zerosearch.search.factory import (
     inprocess_completer,
@@ -47,7 +48,6 @@ from zerosearch.search.factory import (
     simulator_urls,
 )
 from zerosearch.serving import ServerStartError
-from zerosearch.rl.step_timing import PHASES
 from zerosearch.tracker import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -133,28 +133,32 @@ def launched_as_main(environ: Mapping[str, str] = os.environ) -> bool:
 
 
 def probe_simulator(cfg: Config, url: str | list[str] | None, rows: list[dict], tracker: Tracker, *,
-                    completer=None) -> None:
+                    completer=None, results: list | None = None) -> None:
     """The start-of-training check (``simulator.probe``): the simulator at ``url`` (or
     ``completer``, the in-process one) must write gold-holding documents more often when asked
     for useful ones than for noisy ones. Logs the rates; raises ``SimulatorProbeError`` naming
-    them when the switch does not work."""
+    them when the switch does not work. The result is appended to ``results`` (the stage's
+    summary keeps it)."""
     if not cfg.simulator.probe.enabled:
         return
     from zerosearch.search.probe import check_probe, probe_from_config
 
     result = probe_from_config(cfg, url, rows, completer=completer)
     tracker.log_metrics(result.metrics())
+    if results is not None:
+        results.append(result)
     log.info("simulator probe: %s", result.summary())
     check_probe(result)
 
 
 @contextlib.contextmanager
 def shared_engine(cfg: Config, accelerator, *, log_path: Path, rows: list[dict] | None = None,
-                  tracker: Tracker | None = None) -> Iterator[SearchEngine]:
+                  tracker: Tracker | None = None, probes: list | None = None) -> Iterator[SearchEngine]:
     """``train.engine`` for this process, one simulator server for the whole run: under several
     processes only the main one serves it (or health-checks ``simulator.url``) and probes it
     (``probe_simulator`` on the training questions ``rows``; None: no probe); the others wait
     until it answers and get its URL by broadcast. It stops once every process is done.
+    The probe's result goes to ``probes``.
     ``simulator.backend: inprocess``: every process loads its own simulator (``inprocess_engine``)."""
     name, steps = cfg.train.engine, cfg.train.total_steps
     if not needs_simulator(name):
@@ -162,13 +166,13 @@ def shared_engine(cfg: Config, accelerator, *, log_path: Path, rows: list[dict] 
             yield engine
         return
     if not needs_server(cfg, name):
-        yield inprocess_engine(cfg, accelerator, rows=rows, tracker=tracker)
+        yield inprocess_engine(cfg, accelerator, rows=rows, tracker=tracker, probes=probes)
         accelerator.wait_for_everyone()
         return
     if accelerator.num_processes == 1:
         with simulator_urls(cfg, log_path=log_path) as url:
             if rows is not None:
-                probe_simulator(cfg, url, rows, tracker or NullTracker())
+                probe_simulator(cfg, url, rows, tracker or NullTracker(), results=probes)
             yield make_engine(cfg, name, simulator_url=url, total_steps=steps, seed=cfg.train.seed)
         return
     from accelerate.utils import broadcast_object_list
@@ -179,7 +183,7 @@ def shared_engine(cfg: Config, accelerator, *, log_path: Path, rows: list[dict] 
             try:
                 url = stack.enter_context(simulator_urls(cfg, log_path=log_path))
                 if rows is not None:
-                    probe_simulator(cfg, url, rows, tracker or NullTracker())
+                    probe_simulator(cfg, url, rows, tracker or NullTracker(), results=probes)
                 found[0] = {"url": url}
             except Exception as err:  # the others are waiting for a URL: tell them, then fail
                 broadcast_object_list([{"error": f"{type(err).__name__}: {err}"}])
@@ -192,7 +196,7 @@ def shared_engine(cfg: Config, accelerator, *, log_path: Path, rows: list[dict] 
 
 
 def inprocess_engine(cfg: Config, accelerator, *, rows: list[dict] | None = None,
-                     tracker: Tracker | None = None) -> SearchEngine:
+                     tracker: Tracker | None = None, probes: list | None = None) -> SearchEngine:
     """``train.engine`` over a simulator loaded in this process, on its device, its RNG seeded
     with the process rank too; the main process probes it (``rows``; None: no probe) and tells
     the others whether the probe passed, so all fail together."""
@@ -202,7 +206,7 @@ def inprocess_engine(cfg: Config, accelerator, *, rows: list[dict] | None = None
     error: list[str | None] = [None]
     if accelerator.is_main_process and rows is not None:
         try:
-            probe_simulator(cfg, None, rows, tracker or NullTracker(), completer=completer)
+            probe_simulator(cfg, None, rows, tracker or NullTracker(), completer=completer, results=probes)
         except Exception as err:
             if accelerator.num_processes == 1:
                 raise
@@ -236,9 +240,10 @@ def run(cfg: Config, tracker: Tracker = NullTracker(), *, resume: bool = False,
     curve_path = cfg.path("metrics") / "train_curve.csv"
     validation_path = cfg.path("metrics") / "train_validation.csv"
     held_out = validation(cfg)  # before the engine is served: a bad validation setup fails first
+    probes: list = []  # the simulator probe's result, when it ran
     with contextlib.ExitStack() as stack:
         if engine is None:
-            engine = stack.enter_context(shared_engine(cfg, accelerator, rows=rows, tracker=tracker,
+            engine = stack.enter_context(shared_engine(cfg, accelerator, rows=rows, tracker=tracker, probes=probes,
                                                        log_path=cfg.path("models") / "simulator_server.log"))
         trainer = RLTrainer(cfg, engine, rows, checkpoint_dir=ckpts, tracker=tracker, accelerator=accelerator,
                             validation=held_out)
@@ -264,5 +269,6 @@ def run(cfg: Config, tracker: Tracker = NullTracker(), *, resume: bool = False,
         "seconds": time.perf_counter() - t0,
         "stats": getattr(engine, "stats", None) and dict(engine.stats),
         "val": final_validation(cfg, trainer.validations),
+        "simulator_probe": probes[0].record() if probes else None,
     }
     return {k: v for k, v in summary.items() if v is not None}
