@@ -92,3 +92,12 @@ def test_base_stage_for_hub_models_checks_paths(micro_cfg, tmp_path):
     cfg = micro_config(tmp_path, "tiny_models.build=false", f"base.policy_model={tmp_path}/nowhere/p")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         base_stage.run(cfg)
+
+
+def test_shape_parameter_count_is_the_built_models_count():
+    from zerosearch.config import ModelShape
+    from zerosearch.lm.models import count_parameters, shape_parameter_count, tiny_causal_lm, train_tokenizer
+
+    shape = ModelShape(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64, max_position=128)
+    tok = train_tokenizer(["alpha beta gamma delta"] * 20, 600)
+    assert shape_parameter_count(shape, len(tok)) == count_parameters(tiny_causal_lm(shape, len(tok), tok, seed=0))

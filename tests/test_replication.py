@@ -86,6 +86,21 @@ def test_estimate_counts_train_and_evaluate_per_experiment_and_each_new_base_and
     evaluate_methods = 66 * 1 + 3 * 3
     assert est["parts"]["evaluate"] == pytest.approx(0.02 * 600 * evaluate_methods)
     assert est["seconds"] == pytest.approx(sum(est["parts"].values()))
+    # the large simulator is pretrained from scratch once per base seed, on top of its SFT
+    est = estimate(experiments, {**measured, "scratch_pretrain": 2500.0}, workspace_base_seed=0)
+    assert est["parts"]["scratch simulator pretraining"] == 3 * 2500.0
+
+
+def test_the_scratch_simulators_pretraining_is_scaled_by_parameters_and_tokens():
+    from zerosearch.config import load_config
+    from zerosearch.lm.models import shape_parameter_count
+    from zerosearch.mlops.replication import scratch_pretrain_seconds
+
+    cfg = load_config(REPO / "params.yaml")
+    ratio = (shape_parameter_count(cfg.simulator_sft.scratch.shape, cfg.tiny_models.vocab_size)
+             / shape_parameter_count(cfg.tiny_models.policy, cfg.tiny_models.vocab_size))
+    assert 3 < ratio < 5  # "several times larger than the policy"
+    assert scratch_pretrain_seconds(cfg, 100.0) == pytest.approx(100.0 * ratio)  # same tokens as the policy's
 
 
 # ----------------------------------------------------------------------------- resumability

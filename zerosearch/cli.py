@@ -437,7 +437,7 @@ def replicate(
 
 
 def _print_replication_plan(study, experiments) -> None:
-    from zerosearch.mlops.replication import check_plan, estimate, measured_seconds
+    from zerosearch.mlops.replication import check_plan, estimate, measured_seconds, scratch_pretrain_seconds
     from zerosearch.mlops.study import counts
 
     table = Table(title=f"replication plan: {len(experiments)} experiments")
@@ -456,6 +456,7 @@ def _print_replication_plan(study, experiments) -> None:
     console.print(per)
     cfg = _config(Path("params.yaml"), None)
     measured = measured_seconds(cfg.path("metrics"))
+    measured["scratch_pretrain"] = scratch_pretrain_seconds(cfg, measured.get("base", 0.0))
     est = estimate(experiments, measured, cfg.base.seed)
     if not est["complete"]:
         console.print("estimate: incomplete (no metrics/train.json or validation times yet: run `make run` first)")

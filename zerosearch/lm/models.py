@@ -86,6 +86,17 @@ def tiny_causal_lm(shape: ModelShape, vocab_size: int, tokenizer: PreTrainedToke
     return model
 
 
+def shape_parameter_count(shape: ModelShape, vocab_size: int) -> int:
+    """Parameters of ``tiny_causal_lm(shape, vocab_size, ...)``, counted on the meta device
+    (nothing allocated)."""
+    config = Qwen2Config(vocab_size=vocab_size, hidden_size=shape.hidden_size, num_hidden_layers=shape.num_layers,
+                         num_attention_heads=shape.num_heads, num_key_value_heads=shape.num_kv_heads,
+                         intermediate_size=shape.intermediate_size, max_position_embeddings=shape.max_position,
+                         tie_word_embeddings=True)
+    with torch.device("meta"):
+        return count_parameters(Qwen2ForCausalLM(config))
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -244,18 +244,33 @@ def _sft_key(e: Experiment) -> tuple | None:
     return (e.base_seed, sft)
 
 
+def scratch_pretrain_seconds(cfg, policy_seconds: float) -> float:
+    """The scratch simulator's pretraining time, scaled from the policy's measured one
+    (``policy_seconds``) by parameters x tokens: the arithmetic is what costs on CPU."""
+    from zerosearch.lm.models import shape_parameter_count
+
+    tm, scratch = cfg.tiny_models, cfg.simulator_sft.scratch
+    run = lambda r: r.steps * r.batch_size * r.seq_len  # noqa: E731
+    ratio = (shape_parameter_count(scratch.shape, tm.vocab_size) * run(scratch.pretrain)
+             / (shape_parameter_count(tm.policy, tm.vocab_size) * run(tm.policy_pretrain)))
+    return policy_seconds * ratio
+
+
 def estimate(experiments: Sequence[Experiment], measured: dict[str, Any], workspace_base_seed: int = 0) -> dict[str, Any]:
     """Seconds the plan takes if every stage takes as long as the workspace's last run of it:
     train + evaluate per experiment, data + base per new base seed, simulator SFT per new
-    (base seed, simulator config). Upper bound on the first experiment, whose stages may be up to
+    (base seed, simulator config), plus ``scratch_pretrain`` seconds per simulator pretrained from
+    scratch (``simulator_sft.init=scratch``). Upper bound on the first experiment, whose stages may be up to
     date; DVC's own work per experiment (temp copy, checkouts) is not counted."""
     bases = {e.base_seed for e in experiments} - {workspace_base_seed}
     sfts = {k for e in experiments if (k := _sft_key(e)) is not None} - {(workspace_base_seed, ())}
     train = measured.get("train") or 0.0
     per_q = measured.get("evaluate_per_question") or 0.0
     evaluate = sum(per_q * measured.get("questions", 0) * _methods(e) for e in experiments)
+    scratch = sum(1 for k in sfts if any(o.replace('"', "") == "simulator_sft.init=scratch" for o in k[1]))
     parts = {"train": train * len(experiments), "evaluate": evaluate,
              "data+base": (measured.get("data", 0.0) + measured.get("base", 0.0)) * len(bases),
-             "simulator_sft": measured.get("simulator_sft", 0.0) * len(sfts)}
+             "simulator_sft": measured.get("simulator_sft", 0.0) * len(sfts),
+             "scratch simulator pretraining": measured.get("scratch_pretrain", 0.0) * scratch}
     return {"seconds": sum(parts.values()), "parts": parts, "new_base_seeds": len(bases), "simulator_sft_runs": len(sfts),
             "complete": bool(measured.get("train")) and per_q > 0, "hardware": measured.get("hardware")}
