@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from zerosearch.stages import base as base_stage
-from zerosearch.stages import data as data_stage
 from zerosearch.lm.models import PROTOCOL_TAGS, resolve_model_path, train_tokenizer
 from zerosearch.lm.supervised import pack_examples, pack_texts
+from zerosearch.stages import base as base_stage
+from zerosearch.stages import data as data_stage
 
 
 def test_tokenizer_keeps_protocol_tags_whole_and_has_chat_template():
@@ -96,7 +96,12 @@ def test_base_stage_for_hub_models_checks_paths(micro_cfg, tmp_path):
 
 def test_shape_parameter_count_is_the_built_models_count():
     from zerosearch.config import ModelShape
-    from zerosearch.lm.models import count_parameters, shape_parameter_count, tiny_causal_lm, train_tokenizer
+    from zerosearch.lm.models import (
+        count_parameters,
+        shape_parameter_count,
+        tiny_causal_lm,
+        train_tokenizer,
+    )
 
     shape = ModelShape(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64, max_position=128)
     tok = train_tokenizer(["alpha beta gamma delta"] * 20, 600)

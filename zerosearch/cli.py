@@ -437,7 +437,12 @@ def replicate(
 
 
 def _print_replication_plan(study, experiments) -> None:
-    from zerosearch.mlops.replication import check_plan, estimate, measured_seconds, scratch_pretrain_seconds
+    from zerosearch.mlops.replication import (
+        check_plan,
+        estimate,
+        measured_seconds,
+        scratch_pretrain_seconds,
+    )
     from zerosearch.mlops.study import counts
 
     table = Table(title=f"replication plan: {len(experiments)} experiments")

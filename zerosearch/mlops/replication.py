@@ -250,7 +250,7 @@ def scratch_pretrain_seconds(cfg, policy_seconds: float) -> float:
     from zerosearch.lm.models import shape_parameter_count
 
     tm, scratch = cfg.tiny_models, cfg.simulator_sft.scratch
-    run = lambda r: r.steps * r.batch_size * r.seq_len  # noqa: E731
+    run = lambda r: r.steps * r.batch_size * r.seq_len
     ratio = (shape_parameter_count(scratch.shape, tm.vocab_size) * run(scratch.pretrain)
              / (shape_parameter_count(tm.policy, tm.vocab_size) * run(tm.policy_pretrain)))
     return policy_seconds * ratio
