@@ -18,6 +18,7 @@ step (warm-up), and the ratio against the first backend listed:
     logging             MLflow, the stage's per-step CSVs, checkpoints
 
     python bench/train_speed.py [--params params.yaml] [--steps 6] [--backends transformers,inprocess]
+                                [--set KEY=VALUE ...]
 
 The curriculum's noise follows ``train.total_steps``, set to ``--steps`` here: timings, not
 learning, are measured. Needs ``dvc repro base simulator_sft`` (or ``make run``) first.
@@ -45,7 +46,7 @@ COLUMNS = [*(f"time_{p}" for p in PHASES), "time_logging_previous"]
 LABELS = {c: c.removeprefix("time_").removesuffix("_previous") for c in COLUMNS}
 
 
-def run_backend(params: Path, backend: str, steps: int, out: Path) -> list[dict[str, float]]:
+def run_backend(params: Path, backend: str, steps: int, out: Path, sets: list[str]) -> list[dict[str, float]]:
     """The train stage's curve rows (every column a float) for ``steps`` steps under ``backend``."""
     import mlflow
 
@@ -59,7 +60,7 @@ def run_backend(params: Path, backend: str, steps: int, out: Path) -> list[dict[
         f"base.policy_model={REPO}/models/base/policy",
         # the committed SFT simulator, named directly (the stage would look under the temp dir)
         "simulator_sft.enabled=false", f"base.simulator_model={REPO}/models/simulator_sft",
-        f"base.paths.data={REPO}/data"])
+        f"base.paths.data={REPO}/data", *sets])
     mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
     mlflow.set_experiment("bench")
     t0 = time.perf_counter()
@@ -77,6 +78,8 @@ def main() -> None:
     ap.add_argument("--backends", default="transformers,inprocess",
                     help="simulator.backend values, comma-separated; the first is the baseline")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a params key for every backend (repeatable), e.g. train.micro_batch_size=30")
     args = ap.parse_args()
     if args.steps < 2:
         ap.error("--steps must be at least 2 (the first step is warm-up)")
@@ -85,7 +88,7 @@ def main() -> None:
     means: dict[str, dict[str, float]] = {}
     for backend in backends:
         with tempfile.TemporaryDirectory(prefix=f"train_speed_{backend}_") as tmp:
-            rows = run_backend(args.params, backend, args.steps, Path(tmp))
+            rows = run_backend(args.params, backend, args.steps, Path(tmp), args.sets)
         # logging of step k is reported with step k + 1: shift it back
         logging = [r["time_logging_previous"] for r in rows[1:]] + [float("nan")]
         counted = rows[1:]
