@@ -15,14 +15,15 @@ from transformers import AutoModelForCausalLM
 from tests.conftest import micro_config, untimed
 from zerosearch.agent.evaluation import predict_agent
 from zerosearch.data.schema import read_qa_parquet
-from zerosearch.rl.checkpoint import checkpoint_problem, latest_checkpoint, list_checkpoints, read_trainer_state
-from zerosearch.rl.trainer import (
-    Experience,
-    RLTrainer,
-    Validation,
-    token_log_probs,
-    validation_metrics,
+from zerosearch.rl.checkpoint import (
+    checkpoint_problem,
+    latest_checkpoint,
+    list_checkpoints,
+    read_trainer_state,
 )
+from zerosearch.rl.experience import Experience, token_log_probs
+from zerosearch.rl.trainer import RLTrainer
+from zerosearch.rl.validation import Validation, validation_metrics
 from zerosearch.search.factory import make_engine
 from zerosearch.stages import train as train_stage
 from zerosearch.tracker import MemoryTracker
@@ -665,7 +666,7 @@ def test_a_step_reports_its_time_breakdown_in_disjoint_parts(micro_world, tmp_pa
 
 
 def test_length_sorted_micro_batches_give_the_full_batch_values_in_row_order():
-    from zerosearch.rl.trainer import length_sorted, rows_by_micro_batch
+    from zerosearch.rl.experience import length_sorted, rows_by_micro_batch
 
     lengths = torch.tensor([5, 2, 7, 3, 7, 4])
     assert length_sorted(torch.tensor([0, 2, 3, 5]), lengths).tolist() == [3, 5, 0, 2]

@@ -88,14 +88,13 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from zerosearch.agent.evaluation import by_source, predict_agent
 from zerosearch.agent.rollout import RolloutBatch, RolloutSettings, run_rollouts
 from zerosearch.config import Config
 from zerosearch.lm.generation import HFGenerator
@@ -107,7 +106,6 @@ from zerosearch.rl.algorithms import (
     aggregate,
     get_advantage,
     get_kl,
-    log_probs_from_logits,
     policy_loss,
     value_loss,
 )
@@ -116,9 +114,16 @@ from zerosearch.rl.checkpoint import (
     config_differences,
     intact_checkpoint,
     read_state,
-    rng_state,
     save_checkpoint,
     set_rng_state,
+)
+from zerosearch.rl.experience import (
+    Experience,
+    critic_values,
+    first_scored_position,
+    length_sorted,
+    rows_by_micro_batch,
+    token_log_probs,
 )
 from zerosearch.rl.launch import (
     apply_deepspeed_values,
@@ -130,6 +135,7 @@ from zerosearch.rl.launch import (
     warn_if_over_memory,
 )
 from zerosearch.rl.step_timing import simulator_timed, step_phases
+from zerosearch.rl.validation import Validation, validate_policy, validation_due
 from zerosearch.timing import PhaseTimer
 from zerosearch.tracker import NullTracker, Tracker
 
@@ -137,108 +143,6 @@ from zerosearch.tracker import NullTracker, Tracker
 # per-trajectory means, averaged over processes (each has as many trajectories).
 COUNTED_STATS = ("truncated_observations", "turns_hit_length_limit", "context_limit_stops")
 
-
-
-@dataclass
-class Validation:
-    """Held-out questions (rows with ``data_source``) and the engine answering their searches,
-    an instance of its own (the evaluation's engine), never the training engine."""
-
-    rows: list[dict]
-    engine: SearchEngine
-
-
-def validation_metrics(records: Sequence[dict]) -> dict[str, float]:
-    """Records with ``data_source`` -> ``val_<metric>`` (the mean over sources) and
-    ``val_<source>_<metric>`` for strict EM, substring EM and F1 (``agent.evaluation.by_source``)."""
-    summary = by_source(records)
-    average = summary.pop("average", {})
-    out = {f"val_{m}": v for m, v in average.items() if m != "n"}
-    for source, scores in summary.items():
-        out.update({f"val_{source}_{m}": v for m, v in scores.items() if m != "n"})
-    return out
-
-
-@dataclass
-class Experience:
-    """One step's rollouts with what the update needs. ``L`` = padded sequence length;
-    token tensors are ``(B, T)`` with ``T = L - 1``: position ``t`` scores token ``t + 1``."""
-
-    input_ids: Tensor  # (B, L)
-    attention_mask: Tensor  # (B, L)
-    mask: Tensor  # (B, T) float, 1 on trained tokens: those the policy sampled (+ observations if not masked)
-    old_log_probs: Tensor | None  # (B, T); None on-policy (the update uses its own, detached)
-    ref_log_probs: Tensor | None  # (B, T), None without a KL term
-    old_values: Tensor | None  # (B, T), PPO only
-    advantages: Tensor  # (B, T)
-    returns: Tensor  # (B, T)
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def select(self, index: Tensor) -> Experience:
-        """Rows ``index``, trimmed to their longest real sequence."""
-        width = int(self.attention_mask[index].sum(-1).max())
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is not None:
-                value = value[index][:, : width if f.name in ("input_ids", "attention_mask") else width - 1]
-            out[f.name] = value
-        return Experience(**out)
-
-
-def token_log_probs(model, input_ids: Tensor, attention_mask: Tensor, temperature: float = 1.0,
-                    with_entropy: bool | str = False, start: int = 0) -> tuple[Tensor, Tensor | None]:
-    """Log-prob of each next token, ``(B, L - 1)``, and optionally the entropy there
-    (``with_entropy="grad"``: with its gradient, for an entropy bonus; ``True``: detached).
-
-    Only positions ``>= start`` are computed (``logits_to_keep``: with a 150k vocabulary the
-    prompt's logits would dominate memory); earlier positions are 0. Log-probs and entropy are
-    computed over chunks of positions (``log_probs_from_logits``); no KV cache is built.
-    """
-    length = input_ids.shape[1]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=length - start,
-                   use_cache=False).logits[:, :-1]
-    entropy_mode = "grad" if with_entropy == "grad" else ("detached" if with_entropy else None)
-    log_probs, entropy = log_probs_from_logits(logits, input_ids[:, start + 1:], temperature=temperature,
-                                               entropy=entropy_mode)
-    pad = (lambda x: torch.nn.functional.pad(x, (start, 0))) if start else (lambda x: x)
-    return pad(log_probs), (pad(entropy) if entropy is not None else None)
-
-
-def length_sorted(index: Tensor, lengths: Tensor) -> Tensor:
-    """``index`` ordered by its rows' ``lengths`` (stable): consecutive micro-batches then hold
-    sequences of similar length, each trimmed to its own longest (``Experience.select``), so
-    far less padding is computed (half the positions of a tiny step's rollouts are padding)."""
-    return index[torch.sort(lengths[index], stable=True).indices]
-
-
-def rows_by_micro_batch(ids: Tensor, attn: Tensor, micros: Sequence[Tensor],
-                        fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """``fn`` (ids, attention mask -> ``(b, w - 1)`` per-token values) on each micro-batch of
-    rows, trimmed to its longest sequence ``w``; the ``(B, L - 1)`` result in row order, zero
-    past each micro-batch's width."""
-    out: Tensor | None = None
-    for idx in micros:
-        width = int(attn[idx].sum(-1).max())
-        values = fn(ids[idx][:, :width], attn[idx][:, :width])
-        if out is None:
-            out = values.new_zeros((ids.shape[0], ids.shape[1] - 1))
-        out[idx, : width - 1] = values
-    assert out is not None, "no micro-batch"
-    return out
-
-
-def first_scored_position(mask: Tensor) -> int:
-    """The first column of a ``(B, T)`` loss mask any row trains on (0 if none)."""
-    cols = mask.any(0)
-    return int(cols.float().argmax()) if bool(cols.any()) else 0
-
-
-def critic_values(critic, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """The critic's value of each prefix, aligned with ``token_log_probs``: ``(B, L - 1)``."""
-    return critic(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1, 0].float()
 
 
 def constant_with_warmup(warmup_steps: int) -> Callable[[int], float]:
@@ -448,10 +352,8 @@ class RLTrainer:
         return self.history
 
     def validation_due(self, n: int) -> bool:
-        """Whether the policy after ``n`` updates is validated: ``n`` = 0, a multiple of
-        ``train.val_every`` or ``total_steps`` (never with ``val_every`` 0 or no ``validation``)."""
-        every, total = self.t.val_every, self.t.total_steps
-        return self.validation is not None and every > 0 and n <= total and (n % every == 0 or n == total)
+        """Whether the policy after ``n`` updates is validated (``validation.validation_due``)."""
+        return self.validation is not None and validation_due(n, self.t.val_every, self.t.total_steps)
 
     def validate_if_due(self, n: int) -> dict[str, float] | None:
         """Validate the policy after ``n`` updates when due and not done yet (a resumed run has
@@ -467,26 +369,13 @@ class RLTrainer:
         return metrics
 
     def validate(self) -> dict[str, float]:
-        """The current policy's greedy answers to the validation questions (``validation_metrics``),
-        over all processes: each answers ``rows[rank::N]``. The torch (and CUDA) and Python RNG
-        states are put back after it, and the policy's train/eval mode."""
-        acc, v = self.accelerator, self.validation
-        rows = v.rows[acc.process_index::acc.num_processes]
+        """The current policy's greedy answers to the validation questions, over all processes
+        (``validation.validate_policy``)."""
+        acc = self.accelerator
         policy = acc.unwrap_model(self.m.policy)
-        was_training, torch_rng, py_rng = policy.training, rng_state(), random.getstate()
-        try:
-            records = predict_agent(policy, self.m.tokenizer, v.engine, rows, self.rollout_settings,
-                                    batch_size=self.cfg.eval.batch_size, generator=self._greedy_generator(policy))
-        finally:
-            set_rng_state(torch_rng)
-            random.setstate(py_rng)
-            policy.train(was_training)
-        records = [{**r, "data_source": row["data_source"]} for r, row in zip(records, rows, strict=True)]
-        if acc.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            records = gather_object(records)
-        return validation_metrics(records)
+        return validate_policy(self.validation, policy, self.m.tokenizer, self.rollout_settings,
+                               self._greedy_generator(policy), batch_size=self.cfg.eval.batch_size,
+                               rank=acc.process_index, world_size=acc.num_processes)
 
     def _greedy_generator(self, policy):
         """Validation's generator: greedy over ``policy``'s current weights (``hf``: in the

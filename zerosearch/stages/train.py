@@ -38,7 +38,8 @@ from zerosearch.protocol import SearchEngine
 from zerosearch.rewards import ANSWER_METRICS
 from zerosearch.rl.launch import build_accelerator
 from zerosearch.rl.step_timing import PHASES
-from zerosearch.rl.trainer import RLTrainer, Validation
+from zerosearch.rl.trainer import RLTrainer
+from zerosearch.rl.validation import Validation
 from zerosearch.search.factory import (
     inprocess_completer,
     make_engine,
