@@ -15,7 +15,7 @@ BIN := $(abspath $(VENV))/bin
 # Prefect's temporary local server: no telemetry (it only adds sqlite lock noise offline).
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install lock run replicate test test-slow clean mlflow-ui prefect-ui deploy browser-deps
+.PHONY: install lock run replicate test test-slow clean mlflow-ui prefect-ui deploy browser-deps plots-template
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile $(LOCK)
@@ -77,6 +77,16 @@ deploy: install
 # Headless Chromium for the UI tests (tests/test_ui_browser.py, marked browser); Debian, as root.
 browser-deps:
 	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
+# `dvc plots show` offline: rebuild configs/plots/offline.html (Vega, Vega-Lite, Vega-Embed inlined,
+# the versions dvc_render names) from the npm registry. The built file is committed.
+VEGA_PACKAGES = vega/-/vega-5.20.2 vega-lite/-/vega-lite-5.2.0 vega-embed/-/vega-embed-6.18.2
+plots-template:
+	rm -rf .plots-template && mkdir -p .plots-template
+	for p in $(VEGA_PACKAGES); do name=$${p%%/*}; mkdir -p .plots-template/$$name && \
+	  curl -fsSL https://registry.npmjs.org/$$p.tgz | tar xz -C .plots-template/$$name || exit 1; done
+	$(PYTHON) configs/plots/build_offline_template.py .plots-template
+	rm -rf .plots-template
 
 clean:
 	rm -rf data models metrics mlflow.db mlruns mlartifacts
