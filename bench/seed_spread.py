@@ -64,10 +64,12 @@ def main() -> None:
         cells = []
         for m, target in TARGETS.items():
             xs = [v[m] for v in values.values() if m in v]
-            span = max(xs) - min(xs) if xs else float("nan")
+            if len(xs) < 2:
+                cells.append(f"{len(xs)} run: no spread")
+                continue
+            span = max(xs) - min(xs)
             cells.append(f"mean {statistics.mean(xs):.3f}, span {span:.3f} "
-                         f"({'<=' if span <= target else '>'} {target}: {'met' if span <= target else 'not met'})"
-                         if xs else "-")
+                         f"({'<=' if span <= target else '>'} {target}: {'met' if span <= target else 'not met'})")
         table.add_row(name, "all", *cells, end_section=True)
     Console(width=160).print(table)
 
