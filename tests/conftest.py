@@ -69,3 +69,10 @@ def untimed(metrics: dict) -> dict:
     what two runs of one config must agree on."""
     return {k: v for k, v in metrics.items()
             if not (k.endswith("_seconds") or k.startswith("time_") or k == "tokens_per_s")}
+
+
+def params_presets() -> list[Path]:
+    """Every params preset under configs/ (not the accelerate configs, simulator prompt
+    templates or study files that live there too)."""
+    return [p for p in sorted((REPO / "configs").rglob("*.yaml"))
+            if not {"accelerate", "prompts", "studies"} & set(p.relative_to(REPO).parts)]

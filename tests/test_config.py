@@ -5,12 +5,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tests.conftest import params_presets
 from zerosearch.cli import app
 from zerosearch.config import ConfigError, apply_overrides, load_config
 
 REPO = Path(__file__).resolve().parents[1]
-PRESETS = sorted((REPO / "configs").rglob("*.yaml"))
-PRESETS = [p for p in PRESETS if not {"accelerate", "prompts", "studies"} & set(p.parts)]  # prompts: simulator templates; studies: not params
+PRESETS = params_presets()
 PAPER = sorted(p for p in (REPO / "configs" / "paper").glob("*.yaml") if p.name != "base.yaml")
 
 

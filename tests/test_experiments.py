@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, params_presets
 from zerosearch.config import ConfigError, load_config, read_params
 from zerosearch.mlops.experiments import (
     ExperimentFailed,
@@ -204,9 +204,7 @@ def test_deployment_carries_the_schedule_and_parameters_from_params(prefect_harn
 
 def test_every_preset_has_an_orchestration_section():
     # presets are overlays: the section may come from the file they extend
-    for path in [REPO / "params.yaml", *sorted((REPO / "configs").rglob("*.yaml"))]:
-        if {"accelerate", "prompts"} & set(path.parts):  # prompts: simulator templates
-            continue
+    for path in [REPO / "params.yaml", *params_presets()]:
         raw = read_params(path)
         assert set(raw["orchestration"]) == {"deployment", "cron", "timezone", "preset", "experiment_prefix"}, path
 
