@@ -98,8 +98,9 @@ def test_bad_overrides_fail_before_dvc_runs_naming_the_key():
         experiment_changes(REPO / "params.yaml", ["train.algoritm=ppo"], REPO / "params.yaml")
     with pytest.raises(ConfigError, match="train.algorithm"):
         experiment_changes(REPO / "params.yaml", ["train.algorithm=sarsa"], REPO / "params.yaml")
-    with pytest.raises(ConfigError, match="unknown preset 'nope'.*paper/grpo-qwen2.5-3b-sft"):
+    with pytest.raises(ConfigError, match="unknown preset 'nope'.*paper/grpo-qwen2.5-3b-sft") as unknown:
         resolve_preset("nope", REPO)
+    assert "studies/" not in str(unknown.value)  # the replication study is not a preset
     assert resolve_preset("tiny", REPO) == REPO / "configs/tiny.yaml"
     assert resolve_preset("paper/ppo-qwen2.5-3b-prompt", REPO) == REPO / "configs/paper/ppo-qwen2.5-3b-prompt.yaml"
 
@@ -205,7 +206,7 @@ def test_deployment_carries_the_schedule_and_parameters_from_params(prefect_harn
 def test_every_preset_has_an_orchestration_section():
     # presets are overlays: the section may come from the file they extend
     for path in [REPO / "params.yaml", *sorted((REPO / "configs").rglob("*.yaml"))]:
-        if {"accelerate", "prompts"} & set(path.parts):  # prompts: simulator templates
+        if {"accelerate", "prompts", "studies"} & set(path.parts):  # prompts: simulator templates; studies: replication
             continue
         raw = read_params(path)
         assert set(raw["orchestration"]) == {"deployment", "cron", "timezone", "preset", "experiment_prefix"}, path
