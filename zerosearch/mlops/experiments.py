@@ -183,7 +183,10 @@ def locked_out_md5(lock: dict[str, Any], path: str) -> str | None:
 
 def cache_dir(repo: str | Path = ".") -> Path:
     """The repository's DVC cache (``dvc cache dir``; ``.dvc/cache`` when dvc cannot say)."""
-    out = subprocess.run(["dvc", "cache", "dir"], cwd=repo, capture_output=True, text=True, check=False)
+    try:
+        out = subprocess.run(["dvc", "cache", "dir"], cwd=repo, capture_output=True, text=True, check=False)
+    except OSError:  # no dvc on PATH (reading a study's results needs no DVC run)
+        return Path(repo) / ".dvc" / "cache"
     return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else Path(repo) / ".dvc" / "cache"
 
 
