@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from zerosearch.config import Config, load_config
 
@@ -76,3 +80,56 @@ def params_presets() -> list[Path]:
     templates or study files that live there too)."""
     return [p for p in sorted((REPO / "configs").rglob("*.yaml"))
             if not {"accelerate", "prompts", "studies"} & set(p.relative_to(REPO).parts)]
+
+
+# ----------------------------------------------------------------------------- repository copies
+# The end-to-end tests (tests/test_pipeline_e2e.py, tests/test_replication_e2e.py) run DVC on a
+# fresh copy of the repository: the real tiny world with model training shortened (SHORT) so a
+# whole pipeline, the in-process simulator included, runs in a few minutes on 2 cores.
+
+SHORT = {("tiny_models", "policy_pretrain", "steps"): 300, ("tiny_models", "n_demos"): 600,
+         ("simulator_sft", "n_questions"): 200, ("simulator_sft", "demo_world_searches"): 200,
+         ("simulator_sft", "train", "steps"): 60, ("train", "total_steps"): 3, ("train", "save_every"): 2,
+         ("eval", "max_samples"): 20,
+         # a simulator fine-tuned for 60 steps has no reliable useful/noisy switch yet; the probe
+         # hook has its own fast tests (tests/test_probe.py)
+         ("simulator", "probe", "enabled"): False}
+
+
+def run_checked(cmd, cwd, env, timeout: float = 3600) -> str:
+    """Run ``cmd``; its stdout + stderr (the test fails, showing their ends, if it exits non-zero)."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def shorten_training(params: Path, short: dict = SHORT) -> None:
+    """Set the ``short`` keys (paths of keys -> value) in the params file ``params``."""
+    raw = yaml.safe_load(params.read_text())
+    for keys, value in short.items():
+        node = raw
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def copy_repository(dst: Path, short: dict = SHORT) -> dict[str, str]:
+    """The repository's files (tracked and untracked, not ignored) copied to ``dst``, training
+    shortened (``short``), committed as a fresh git repository; the environment to run its
+    commands in: the venv first on PATH, the copy's own code first on PYTHONPATH (the
+    ``zerosearch`` script would import the editable install's), MLflow and Prefect under ``dst``."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (REPO / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, dst / f)
+    shorten_training(dst / "params.yaml", short)
+    env = {k: v for k, v in os.environ.items() if k != "ZEROSEARCH_TRACKING"}
+    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", HF_HUB_OFFLINE="1", PYTHONPATH=str(dst),
+               PREFECT_HOME=str(dst / ".prefect"), MLFLOW_TRACKING_URI=f"sqlite:///{dst}/mlflow.db")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        run_checked(cmd, dst, env)
+    return env

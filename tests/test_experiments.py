@@ -98,8 +98,9 @@ def test_bad_overrides_fail_before_dvc_runs_naming_the_key():
         experiment_changes(REPO / "params.yaml", ["train.algoritm=ppo"], REPO / "params.yaml")
     with pytest.raises(ConfigError, match="train.algorithm"):
         experiment_changes(REPO / "params.yaml", ["train.algorithm=sarsa"], REPO / "params.yaml")
-    with pytest.raises(ConfigError, match="unknown preset 'nope'.*paper/grpo-qwen2.5-3b-sft"):
+    with pytest.raises(ConfigError, match="unknown preset 'nope'.*paper/grpo-qwen2.5-3b-sft") as unknown:
         resolve_preset("nope", REPO)
+    assert "studies/" not in str(unknown.value)  # the replication study is not a preset
     assert resolve_preset("tiny", REPO) == REPO / "configs/tiny.yaml"
     assert resolve_preset("paper/ppo-qwen2.5-3b-prompt", REPO) == REPO / "configs/paper/ppo-qwen2.5-3b-prompt.yaml"
 

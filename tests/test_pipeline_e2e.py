@@ -7,62 +7,20 @@ The full-length defaults are what `make run` runs."""
 
 import json
 import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_repository
+from tests.conftest import run_checked as run
 
 pytestmark = pytest.mark.slow
-
-
-def run(cmd, cwd, env):
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=3600)
-    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
-
-
-SHORT = {("tiny_models", "policy_pretrain", "steps"): 300, ("tiny_models", "n_demos"): 600,
-         ("simulator_sft", "n_questions"): 200, ("simulator_sft", "demo_world_searches"): 200,
-         ("simulator_sft", "train", "steps"): 60, ("train", "total_steps"): 3, ("train", "save_every"): 2,
-         ("eval", "max_samples"): 20,
-         # a simulator fine-tuned for 60 steps has no reliable useful/noisy switch yet; the probe
-         # hook has its own fast tests (tests/test_probe.py)
-         ("simulator", "probe", "enabled"): False}
-
-
-def _shorten_training(params: Path) -> None:
-    raw = yaml.safe_load(params.read_text())
-    for keys, value in SHORT.items():
-        node = raw
-        for k in keys[:-1]:
-            node = node[k]
-        node[keys[-1]] = value
-    params.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory):
     dst = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (REPO / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, dst / f)
-    _shorten_training(dst / "params.yaml")
-    env = {k: v for k, v in os.environ.items() if k != "ZEROSEARCH_TRACKING"}
-    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", HF_HUB_OFFLINE="1",
-               PREFECT_HOME=str(dst / ".prefect"), MLFLOW_TRACKING_URI=f"sqlite:///{dst}/mlflow.db")
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        run(cmd, dst, env)
-    return dst, env
+    return dst, copy_repository(dst)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,10 @@ No DVC runs here: a fake store and runner stand in for the experiments (the real
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +154,67 @@ def test_the_predictions_output_is_found_in_an_experiments_dvc_lock():
                                              {"path": "metrics/evaluate_predictions.jsonl", "md5": "0123abcd"}]}}}
     assert locked_out_md5(lock, "metrics/evaluate_predictions.jsonl") == "0123abcd"
     assert locked_out_md5(lock, "metrics/other.jsonl") is None
+
+
+SLEEPING_DVC = """#!PYTHON
+import os, time
+open(os.environ["FAKE_DVC_PID"], "w").write(str(os.getpid()))
+print("Running stage 'train':", flush=True)
+time.sleep(120)
+"""
+STUDY_PROCESS = """
+import sys
+from zerosearch.mlops.experiments import run_experiment
+from zerosearch.tether import exit_on_termination_signals
+exit_on_termination_signals()
+run_experiment([], "rep-default-b0-s0", sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_or_killed_study_leaves_no_experiment_running(tmp_path, sig):
+    """The command running an experiment is stopped (SIGTERM) or killed: `dvc exp run` (a fake
+    one that trains for two minutes) stops with it instead of training on as an orphan next
+    to the rerun."""
+    from tests.test_serving import read_pid, wait_gone
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "dvc"
+    fake.write_text(SLEEPING_DVC.replace("#!PYTHON", f"#!{sys.executable}"))
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(REPO),
+           "FAKE_DVC_PID": str(tmp_path / "dvc.pid")}
+    study = subprocess.Popen([sys.executable, "-c", STUDY_PROCESS, str(tmp_path)], env=env, stdout=subprocess.DEVNULL)
+    dvc = read_pid(tmp_path / "dvc.pid", timeout=30)
+    study.send_signal(sig)
+    code = study.wait(timeout=30)
+    if sig == signal.SIGTERM:
+        assert code == 128 + sig  # it left through its cleanup
+    assert wait_gone(dvc, timeout=15), "dvc exp run outlived the command that started it"
+
+
+def test_the_dvc_cache_is_found_without_dvc_on_path(tmp_path, monkeypatch):
+    from zerosearch.mlops.experiments import cache_dir
+
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    assert cache_dir(tmp_path) == tmp_path / ".dvc" / "cache"
+
+
+@pytest.mark.xfail(strict=True, reason="dvc.yaml: every stage has `cache: false` outs that are neither metrics nor "
+                   "plots (metrics/<stage>.json, metrics/environment/<stage>.json, the curves' CSVs), and DVC saves no "
+                   "run cache for such a stage (dvc/stage/__init__.py, Stage.run: run_cache=not no_cache_outs), so "
+                   "every study experiment reruns base, simulator_sft and train (tests/test_replication_e2e.py saw it)")
+def test_the_stages_the_study_shares_can_be_restored_from_dvcs_run_cache():
+    """The study relies on DVC's run cache to run base and simulator_sft once per base seed and
+    train once per (variant, seeds) (the baselines variant reuses the default run's policy)."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        stages = {s.name: s for s in repo.index.stages}
+    blocking = {name: [str(o) for o in stages[name].outs if not o.use_cache and not (o.is_metric or o.is_plot)]
+                for name in ("base", "simulator_sft", "train")}
+    assert blocking == {"base": [], "simulator_sft": [], "train": []}
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -307,3 +372,25 @@ def test_the_replicate_deployment_is_unscheduled_with_the_study_parameters():
     d = replicate_deployment("/repo")
     assert d.name == REPLICATE_DEPLOYMENT and d.schedules in ([], None)
     assert d.parameters == {"claims": None, "seeds": None, "base_seeds": None, "report_only": False, "repo": "/repo"}
+
+
+def test_report_only_without_any_experiment_says_so(tmp_path, monkeypatch):
+    """`zerosearch replicate --report-only` before any experiment ran, in a directory that is
+    not even a git repository yet: every row is missing, every claim not run yet."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from zerosearch.cli import app
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(app, ["replicate", "--report-only", "--claims", "3", "--seeds", "1",
+                                   "--study", str(REPO / "configs" / "studies" / "replication.yaml")], terminal_width=200)
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())
+    assert "claim 3 (State masking): not run yet" in text and "0 of 2 experiments finished" in text
+    report = json.loads((tmp_path / "metrics" / "replication.json").read_text())
+    assert report["experiments"]["missing"] == ["rep-default-b0-s0", "rep-unmasked-b0-s0"]
+    assert "Experiments finished: 0 of 2" in (tmp_path / "docs" / "REPLICATION.md").read_text()
+    assert (tmp_path / "metrics" / "replication_plots" / "claim3.png").exists()

@@ -31,6 +31,7 @@ from zerosearch.config import (
     load_config,
     validate_config,
 )
+from zerosearch.tether import tethered
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 RUNNING_RE = re.compile(r"Running stage '([^']+)'")
@@ -97,17 +98,24 @@ def run_experiment(changes: Sequence[str], name: str, repo: str | Path = ".", *,
     Raises ExperimentFailed naming the stage that was running when it failed."""
     result = ExperimentResult(name)
     tail: collections.deque[str] = collections.deque(maxlen=40)
-    proc = subprocess.Popen(dvc_exp_command(changes, name, temp), cwd=repo, stdout=subprocess.PIPE,
+    # Under a tether (zerosearch.tether): when this process is stopped (SIGTERM, Ctrl-C) or
+    # killed, DVC and the stage it runs stop with it instead of training on as orphans.
+    proc = subprocess.Popen(tethered(dvc_exp_command(changes, name, temp)), cwd=repo, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip("\n")
-        tail.append(line)
-        on_line(line)
-        if m := RUNNING_RE.search(line):
-            result.ran.append(m.group(1))
-        elif m := SKIPPED_RE.search(line):
-            result.skipped.append(m.group(1))
+    try:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            on_line(line)
+            if m := RUNNING_RE.search(line):
+                result.ran.append(m.group(1))
+            elif m := SKIPPED_RE.search(line):
+                result.skipped.append(m.group(1))
+    except BaseException:  # SystemExit from SIGTERM, KeyboardInterrupt: stop the run, then leave
+        proc.terminate()  # the tether stops DVC's whole process group
+        proc.wait()
+        raise
     code = proc.wait()
     if code != 0:
         raise ExperimentFailed(name, result.ran[-1] if result.ran else None, code, "\n".join(tail))
@@ -116,8 +124,11 @@ def run_experiment(changes: Sequence[str], name: str, repo: str | Path = ".", *,
 
 def experiment_ref(name: str, repo: str | Path = ".") -> str:
     """The git ref DVC stored experiment ``name`` under (``refs/exps/.../<name>``)."""
-    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=repo,
-                          capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=repo,
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:  # not a git repository (yet): it has no experiments
+        raise LookupError(f"no DVC experiment named {name!r} in {repo}: {out.stderr.strip()}")
+    refs = out.stdout.split()
     found = [r for r in refs if r.rsplit("/", 1)[-1] == name]
     if not found:
         raise LookupError(f"no DVC experiment named {name!r} in {repo} (see `dvc exp list`)")
@@ -127,7 +138,7 @@ def experiment_ref(name: str, repo: str | Path = ".") -> str:
 def experiment_file(name: str, path: str, repo: str | Path = ".") -> str:
     """A git-tracked file (e.g. ``metrics/evaluate.json``) as experiment ``name`` left it."""
     ref = experiment_ref(name, repo)
-    out = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=repo, capture_output=True, text=True)
+    out = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=repo, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise LookupError(f"experiment {name!r} has no {path}: {out.stderr.strip()}")
     return out.stdout
@@ -144,7 +155,7 @@ def resolve_preset(preset: str | Path, repo: str | Path = ".") -> Path:
         if candidate.is_file():
             return candidate
     names = sorted(str(p.relative_to(repo / "configs").with_suffix(""))
-                   for p in (repo / "configs").rglob("*.yaml") if not {"accelerate", "systemd", "prompts"} & set(p.parts))
+                   for p in (repo / "configs").rglob("*.yaml") if not {"accelerate", "systemd", "prompts", "studies"} & set(p.parts))
     raise ConfigError(f"unknown preset {preset!r}: give params.yaml, a path, or one of {names}")
 
 
@@ -172,7 +183,10 @@ def locked_out_md5(lock: dict[str, Any], path: str) -> str | None:
 
 def cache_dir(repo: str | Path = ".") -> Path:
     """The repository's DVC cache (``dvc cache dir``; ``.dvc/cache`` when dvc cannot say)."""
-    out = subprocess.run(["dvc", "cache", "dir"], cwd=repo, capture_output=True, text=True, check=False)
+    try:
+        out = subprocess.run(["dvc", "cache", "dir"], cwd=repo, capture_output=True, text=True, check=False)
+    except OSError:  # no dvc on PATH (reading a study's results needs no DVC run)
+        return Path(repo) / ".dvc" / "cache"
     return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else Path(repo) / ".dvc" / "cache"
 
 

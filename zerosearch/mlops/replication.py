@@ -19,11 +19,20 @@ one job at a time (two cores) it buys no parallelism. One foreground ``--temp`` 
 streams each stage's output, names the failing stage, and needs no state of its own: the
 experiment refs are the record of what is done.
 
-Work is shared through DVC's run cache, not by this module: a stage whose command, deps and
-params equal an earlier run's is restored from the cache instead of rerun. So the data and
-base stages run once per base seed, the simulator SFT stage once per (base seed, simulator
+Work is meant to be shared through DVC's run cache, not by this module: a stage whose command,
+deps and params equal an earlier run's is restored from the cache instead of rerun. So the
+base stage would run once per base seed, the simulator SFT stage once per (base seed, simulator
 config) (its params hold no ``train.*`` seed), and train once per (variant, base, RL seed);
-the baselines variant reuses the default run's policy (``eval.methods`` is not a train param).
+the baselines variant would reuse the default run's policy (``eval.methods`` is not a train
+param). Not yet: DVC saves no run cache for a stage with ``cache: false`` outputs that are
+neither metrics nor plots, and every stage in dvc.yaml has some (the nested metrics files, the
+environment files, the curves' CSVs), so today each experiment reruns every stage its
+baseline's ``dvc.lock`` does not already hold (tests/test_replication.py,
+``test_the_stages_the_study_shares_can_be_restored_from_dvcs_run_cache``, xfail).
+
+Each ``dvc exp run`` runs under a tether (``zerosearch.tether``, in ``run_experiment``):
+stopping the command (Ctrl-C, SIGTERM) or killing it stops DVC and the stage it runs, so an
+interrupted experiment leaves no orphan training next to its rerun.
 """
 
 from __future__ import annotations
