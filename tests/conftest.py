@@ -68,6 +68,23 @@ def micro_world(tmp_path_factory) -> Path:
     return root
 
 
+class SearchOnceThenAnswer:
+    """A scripted policy (the generator interface): searches the question's text once, then
+    answers "x", so every trajectory gets exactly one observation."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def generate(self, contexts, max_new_tokens, keys=None):
+        out = []
+        for ctx in contexts:
+            after = self.tok.decode(ctx).split("Question: ")[1]
+            question = after.split("\n")[0]
+            turn = "<answer> x </answer>" if "<information>" in after else f"<search> {question} </search>"
+            out.append(self.tok(turn, add_special_tokens=False)["input_ids"])
+        return out
+
+
 def untimed(metrics: dict) -> dict:
     """``metrics`` without its wall-clock values (``*_seconds``, ``time_*``, ``tokens_per_s``):
     what two runs of one config must agree on."""

@@ -1,7 +1,7 @@
 import pytest
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import micro_config
+from tests.conftest import SearchOnceThenAnswer, micro_config
 from zerosearch.agent.rollout import RolloutSettings
 from zerosearch.data.schema import read_jsonl
 from zerosearch.search.simulated import sft_prompt
@@ -34,22 +34,6 @@ def test_sft_example_trains_on_documents_only():
     assert docs == "Doc 1: one.".replace("one.", "(T) one.") + "\nDoc 2: two." and d_trained
 
 
-class QueryPolicy:
-    """Searches the question's subject once, then answers."""
-
-    def __init__(self, tok):
-        self.tok = tok
-
-    def generate(self, contexts, max_new_tokens, keys=None):
-        out = []
-        for ctx in contexts:
-            after = self.tok.decode(ctx).split("Question: ")[1]
-            question = after.split("\n")[0]
-            turn = "<answer> x </answer>" if "<information>" in after else f"<search> {question} </search>"
-            out.append(self.tok(turn, add_special_tokens=False)["input_ids"])
-        return out
-
-
 def test_collect_pairs_records_and_labels_every_search(tmp_path):
     cfg = micro_config(tmp_path)
     data_stage.run(cfg)
@@ -61,7 +45,7 @@ def test_collect_pairs_records_and_labels_every_search(tmp_path):
 
     _, tok = load_model(cfg.base.policy_model)
     qs = read_qa_parquet(cfg.path("data") / "train.parquet")[:30]
-    pairs = collect_pairs(QueryPolicy(tok), tok, BM25Engine.load(cfg.path("data") / "bm25"), qs,
+    pairs = collect_pairs(SearchOnceThenAnswer(tok), tok, BM25Engine.load(cfg.path("data") / "bm25"), qs,
                           RolloutSettings(max_search_turns=2, max_response_tokens=64, max_obs_tokens=512), batch_size=8)
     assert len(pairs) == 30  # one search per question
     assert [p["question"] for p in pairs] == [q["question"] for q in qs]
@@ -192,8 +176,8 @@ def test_scratch_simulator_has_its_own_shape_and_the_policys_pretraining_texts(t
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    import zerosearch.agent.pretraining as pretraining
     import zerosearch.stages.simulator_sft as stage
+    from zerosearch.agent import pretraining
     from zerosearch.lm.models import count_parameters
 
     seen: dict[str, list] = {}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import micro_config, untimed
+from tests.conftest import SearchOnceThenAnswer, micro_config, untimed
 from zerosearch.agent.evaluation import predict_agent
 from zerosearch.data.schema import read_qa_parquet
 from zerosearch.rl.checkpoint import (
@@ -141,21 +141,6 @@ def test_experience_masks_only_policy_tokens_and_old_log_probs_match(micro_world
     assert torch.allclose(logp[on], exp.old_log_probs[on], atol=1e-5)
 
 
-class _SearchThenAnswer:
-    """Searches the question's text once, then answers: every trajectory gets one observation."""
-
-    def __init__(self, tok):
-        self.tok = tok
-
-    def generate(self, contexts, max_new_tokens, keys=None):
-        out = []
-        for ctx in contexts:
-            after = self.tok.decode(ctx).split("Question: ")[1]
-            turn = "<answer> x </answer>" if "<information>" in after else f"<search> {after.split(chr(10))[0]} </search>"
-            out.append(self.tok(turn, add_special_tokens=False)["input_ids"])
-        return out
-
-
 def test_mask_observations_false_trains_on_observations_never_on_the_prompt(micro_world, tmp_path):
     """train.mask_observations: true (state masking, today's) trains on sampled tokens only; false
     (the paper's ablation) adds the <information> tokens, and GRPO's advantages follow that mask."""
@@ -169,7 +154,7 @@ def test_mask_observations_false_trains_on_observations_never_on_the_prompt(micr
         rows = trainer.rows[:2]
         questions = [r["question"] for r in rows for _ in range(2)]
         golden = [r["golden_answers"] for r in rows for _ in range(2)]
-        batch = run_rollouts(_SearchThenAnswer(trainer.m.tokenizer), trainer.m.tokenizer, trainer.engine,
+        batch = run_rollouts(SearchOnceThenAnswer(trainer.m.tokenizer), trainer.m.tokenizer, trainer.engine,
                              questions, golden, trainer.rollout_settings)
         assert batch.num_searches.tolist() == [1, 1, 1, 1]
         exps[flag] = (batch, trainer.make_experience(batch, torch.tensor([1.0, 0.0, 0.0, 1.0]), [0, 0, 1, 1]))
