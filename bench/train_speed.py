@@ -89,11 +89,11 @@ def main() -> None:
     for backend in backends:
         with tempfile.TemporaryDirectory(prefix=f"train_speed_{backend}_") as tmp:
             rows = run_backend(args.params, backend, args.steps, Path(tmp), args.sets)
-        # logging of step k is reported with step k + 1: shift it back
-        logging = [r["time_logging_previous"] for r in rows[1:]] + [float("nan")]
         counted = rows[1:]
         m = {c: statistics.mean(r[c] for r in counted) for c in COLUMNS if c != "time_logging_previous"}
-        m["time_logging_previous"] = statistics.mean(x for x in logging[1:-1]) if len(logging) > 2 else float("nan")
+        # step k's logging is reported with step k + 1: steps 1.. are rows 2..
+        m["time_logging_previous"] = (statistics.mean(r["time_logging_previous"] for r in rows[2:])
+                                      if len(rows) > 2 else float("nan"))
         m["step_seconds"] = statistics.mean(r["step_seconds"] for r in counted)
         m["tokens_per_s"] = statistics.mean(r["tokens_per_s"] for r in counted)
         means[backend] = m

@@ -62,9 +62,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     )
 
 
-def tiny_causal_lm(shape: ModelShape, vocab_size: int, tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen2ForCausalLM:
-    """A randomly initialized Qwen2 causal LM of the given shape (tied embeddings)."""
-    config = Qwen2Config(
+def tiny_config(shape: ModelShape, vocab_size: int, **token_ids: int | None) -> Qwen2Config:
+    """The Qwen2 config of a tiny model of ``shape`` (tied embeddings); ``token_ids``: its
+    ``bos_token_id`` / ``eos_token_id`` / ``pad_token_id``."""
+    return Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=shape.hidden_size,
         num_hidden_layers=shape.num_layers,
@@ -74,10 +75,14 @@ def tiny_causal_lm(shape: ModelShape, vocab_size: int, tokenizer: PreTrainedToke
         max_position_embeddings=shape.max_position,
         tie_word_embeddings=True,
         rope_theta=10000.0,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        **token_ids,
     )
+
+
+def tiny_causal_lm(shape: ModelShape, vocab_size: int, tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen2ForCausalLM:
+    """A randomly initialized Qwen2 causal LM of the given shape (tied embeddings)."""
+    config = tiny_config(shape, vocab_size, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
     # Servers (transformers serve) sample only when the saved generation config says so.
@@ -89,12 +94,8 @@ def tiny_causal_lm(shape: ModelShape, vocab_size: int, tokenizer: PreTrainedToke
 def shape_parameter_count(shape: ModelShape, vocab_size: int) -> int:
     """Parameters of ``tiny_causal_lm(shape, vocab_size, ...)``, counted on the meta device
     (nothing allocated)."""
-    config = Qwen2Config(vocab_size=vocab_size, hidden_size=shape.hidden_size, num_hidden_layers=shape.num_layers,
-                         num_attention_heads=shape.num_heads, num_key_value_heads=shape.num_kv_heads,
-                         intermediate_size=shape.intermediate_size, max_position_embeddings=shape.max_position,
-                         tie_word_embeddings=True)
     with torch.device("meta"):
-        return count_parameters(Qwen2ForCausalLM(config))
+        return count_parameters(Qwen2ForCausalLM(tiny_config(shape, vocab_size)))
 
 
 def count_parameters(model: torch.nn.Module) -> int:
