@@ -21,33 +21,34 @@ MAX_ROW = 300  # characters of the longest `dvc metrics show` line (4,241 with t
 
 
 def _declared() -> dict[str, tuple[list[str], list[str]]]:
-    """stage -> (its metrics paths, its cache: false outs paths), ${base.paths.metrics} resolved."""
+    """stage -> (its metrics paths, its outs paths), ${base.paths.metrics} resolved."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     metrics_dir = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["base"]["paths"]["metrics"]
 
-    def paths(entries, uncached_only=False):
-        out = []
-        for e in entries:
-            path, opts = (e, {}) if isinstance(e, str) else next(iter(e.items()))
-            if not uncached_only or opts.get("cache") is False:
-                out.append(path.replace("${base.paths.metrics}", metrics_dir))
-        return out
+    def paths(entries):
+        return [(e if isinstance(e, str) else next(iter(e))).replace("${base.paths.metrics}", metrics_dir)
+                for e in entries]
 
-    return {name: (paths(s.get("metrics", [])), paths(s.get("outs", []), uncached_only=True))
-            for name, s in stages.items()}
+    return {name: (paths(s.get("metrics", [])), paths(s.get("outs", []))) for name, s in stages.items()}
 
 
 def test_every_declared_dvc_metric_is_a_compact_headline_of_its_stages_full_file():
+    """The headline files are in git; the full files of base, simulator_sft and train are in the
+    DVC cache (dvc.yaml), so a fresh clone compares those once a run has written them."""
     declared = _declared()
     assert list(declared) == list(STAGES)
+    compared = []
     for stage, (metrics, outs) in declared.items():
         assert metrics == [f"metrics/headline/{stage}.json"], stage
         assert f"metrics/{stage}.json" in outs, f"{stage}: the full file is no longer an output"
         shown = json.loads((REPO / metrics[0]).read_text(encoding="utf-8"))
         assert 0 < len(shown) <= MAX_KEYS, (stage, shown)
         assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in shown.values()), shown
-        full = json.loads((REPO / f"metrics/{stage}.json").read_text(encoding="utf-8"))
-        assert shown == headline(stage, full), f"{metrics[0]} is not the headline of metrics/{stage}.json"
+        if (REPO / f"metrics/{stage}.json").exists():
+            full = json.loads((REPO / f"metrics/{stage}.json").read_text(encoding="utf-8"))
+            assert shown == headline(stage, full), f"{metrics[0]} is not the headline of metrics/{stage}.json"
+            compared.append(stage)
+    assert {"data", "evaluate"} <= set(compared)  # in git: compared on every checkout
 
 
 @pytest.mark.skipif(shutil.which("dvc", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from tests.conftest import REPO, copy_repository
 from tests.conftest import run_checked as run
+from zerosearch.mlops.replication import DvcStore
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +66,10 @@ def test_dvc_repro_builds_everything_then_has_nothing_to_do(reproduced):
     assert (repo / "metrics" / "evaluate_plots" / "train_curves.png").exists()
     second = run(["dvc", "repro"], repo, env)
     assert "didn't change" in second and "Running stage" not in second
-    shown = run(["dvc", "metrics", "show", "--json"], repo, env)
-    assert "rows_train" in shown
+    # the headline numbers are DVC's metrics: one short row per stage
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env))[""]["data"]
+    assert shown["metrics/headline/data.json"]["data"]["train_questions"] == data["rows_train"]
+    assert set(shown["metrics/headline/evaluate.json"]["data"]) == {f"{m}_em" for m in methods}
 
 
 def test_stage_runs_are_in_mlflow_under_one_parent(reproduced):
@@ -144,3 +147,25 @@ def test_a_deployment_run_with_overrides_is_a_dvc_experiment_and_an_mlflow_run(r
     runs = experiment_runs("e2e-exp", "zerosearch")
     assert [r["stage"] for r in runs] == ["pipeline", "evaluate"]  # only the stale stage ran
     assert runs[1]["registered_model"].startswith("models:/zerosearch-policy/")
+
+
+def test_experiments_of_one_base_seed_share_base_and_simulator_through_dvcs_run_cache(reproduced, monkeypatch):
+    """What the replication study counts on: the first experiment with a new ``base.seed`` builds
+    its base models and simulator; the next one with that base seed (another ``train.seed``)
+    restores both from DVC's run cache and trains only; the same params again restore train too."""
+    repo, env = reproduced
+    exp = ["dvc", "exp", "run", "--temp", "-S", "base.seed=1", "-S", "eval.max_samples=4"]
+    first = run([*exp, "-n", "cache-b1-s0"], repo, env)
+    assert "Running stage 'base'" in first and "Running stage 'simulator_sft'" in first
+    second = run([*exp, "-S", "train.seed=1", "-n", "cache-b1-s1"], repo, env)
+    for stage in ("base", "simulator_sft"):
+        assert f"Running stage '{stage}'" not in second and f"Stage '{stage}' is cached" in second
+    assert "Running stage 'train'" in second
+    again = run([*exp, "-S", "train.seed=1", "-n", "cache-b1-s1-again"], repo, env)
+    assert "Running stage 'train'" not in again and "Stage 'train' is cached" in again
+    # each experiment reads back its own train.json (cached, not in git); the restored one is
+    # the same bytes as the run it was restored from, and another train.seed trained otherwise
+    monkeypatch.setenv("PATH", env["PATH"])  # the store asks `dvc cache dir`
+    store = DvcStore(repo)
+    trained = {name: store.metrics(name, "train.json") for name in ("cache-b1-s0", "cache-b1-s1", "cache-b1-s1-again")}
+    assert trained["cache-b1-s1-again"] == trained["cache-b1-s1"] != trained["cache-b1-s0"]

@@ -201,13 +201,11 @@ def test_the_dvc_cache_is_found_without_dvc_on_path(tmp_path, monkeypatch):
     assert cache_dir(tmp_path) == tmp_path / ".dvc" / "cache"
 
 
-@pytest.mark.xfail(strict=True, reason="dvc.yaml: every stage has `cache: false` outs that are neither metrics nor "
-                   "plots (metrics/<stage>.json, metrics/environment/<stage>.json, the curves' CSVs), and DVC saves no "
-                   "run cache for such a stage (dvc/stage/__init__.py, Stage.run: run_cache=not no_cache_outs), so "
-                   "every study experiment reruns base, simulator_sft and train (tests/test_replication_e2e.py saw it)")
 def test_the_stages_the_study_shares_can_be_restored_from_dvcs_run_cache():
     """The study relies on DVC's run cache to run base and simulator_sft once per base seed and
-    train once per (variant, seeds) (the baselines variant reuses the default run's policy)."""
+    train once per (variant, seeds) (the baselines variant reuses the default run's policy).
+    DVC saves a stage to it only when every output is cached or is a metric or plot
+    (dvc/stage/__init__.py, Stage.run: ``run_cache=not no_cache_outs``)."""
     from dvc.repo import Repo
 
     with Repo(str(REPO)) as repo:

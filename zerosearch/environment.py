@@ -3,8 +3,9 @@ whose numbers decide results (torch's kernels above all; a different torch or MK
 change a tiny model's training, see the README's expected band).
 
 ``environment()`` is recorded by every stage: as ``version.<package>`` tags of its MLflow run
-and in ``<metrics>/environment/<stage>.json`` (committed beside the metrics, so a user whose
-numbers differ can see whether the machine or the versions did).
+and in ``<metrics>/environment/<stage>.json`` (beside the metrics, so a user whose numbers
+differ can see whether the machine or the versions did; in git for data and evaluate, in the
+DVC cache for the stages whose runs experiments share, see dvc.yaml).
 """
 
 from __future__ import annotations

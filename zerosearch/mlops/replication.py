@@ -19,16 +19,14 @@ one job at a time (two cores) it buys no parallelism. One foreground ``--temp`` 
 streams each stage's output, names the failing stage, and needs no state of its own: the
 experiment refs are the record of what is done.
 
-Work is meant to be shared through DVC's run cache, not by this module: a stage whose command,
-deps and params equal an earlier run's is restored from the cache instead of rerun. So the
-base stage would run once per base seed, the simulator SFT stage once per (base seed, simulator
-config) (its params hold no ``train.*`` seed), and train once per (variant, base, RL seed);
-the baselines variant would reuse the default run's policy (``eval.methods`` is not a train
-param). Not yet: DVC saves no run cache for a stage with ``cache: false`` outputs that are
-neither metrics nor plots, and every stage in dvc.yaml has some (the nested metrics files, the
-environment files, the curves' CSVs), so today each experiment reruns every stage its
-baseline's ``dvc.lock`` does not already hold (tests/test_replication.py,
-``test_the_stages_the_study_shares_can_be_restored_from_dvcs_run_cache``, xfail).
+Work is shared through DVC's run cache, not by this module: a stage whose command, deps and
+params equal an earlier run's is restored from the cache instead of rerun. So the base stage
+runs once per base seed, the simulator SFT stage once per (base seed, simulator config) (its
+params hold no ``train.*`` seed), and train once per (variant, base, RL seed); the baselines
+variant reuses the default run's policy (``eval.methods`` is not a train param). DVC saves a
+stage to its run cache only when every output is cached or is a metric or plot, so those stages
+keep their outputs in the DVC cache (dvc.yaml; ``train.json`` is read back with
+``experiment_output``).
 
 Each ``dvc exp run`` runs under a tether (``zerosearch.tether``, in ``run_experiment``):
 stopping the command (Ctrl-C, SIGTERM) or killing it stops DVC and the stage it runs, so an
@@ -103,8 +101,16 @@ class DvcStore:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def metrics(self, name: str, file: str) -> dict | None:
+        """A metrics file as the experiment left it: from its commit (``evaluate.json``, in git)
+        or from the DVC cache (``train.json``: the stages the study shares keep their outputs
+        cached, dvc.yaml); None when it has neither."""
+        path = f"{self.metrics_dir}/{file}"
         try:
-            return experiment_metrics(name, f"{self.metrics_dir}/{file}", self.repo)
+            return experiment_metrics(name, path, self.repo)
+        except LookupError:
+            pass
+        try:
+            return json.loads(experiment_output(name, path, self.repo, self._cache_dir()))
         except LookupError:
             return None
 
