@@ -90,3 +90,19 @@ def test_the_tiny_world_files_are_the_same_as_before(tmp_path):
     first = (cfg.path("data") / "train.parquet").read_bytes()
     data_stage.run(cfg)
     assert (cfg.path("data") / "train.parquet").read_bytes() == first
+
+
+def test_the_world_has_its_own_seed_base_seed_leaves_it_alone(tmp_path):
+    """``data.world.seed`` decides the world (entities, corpus, questions); ``base.seed`` seeds
+    the models only, so every base seed of the study answers the same benchmarks."""
+    def files(name, *overrides):
+        cfg = micro_config(tmp_path / name, *overrides)
+        data_stage.run(cfg)
+        out = cfg.path("data")
+        return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file() and "bm25" not in p.parts}
+
+    default = files("default")
+    assert files("base1", "base.seed=1") == default
+    other = files("world1", "data.world.seed=1")
+    assert other.keys() == default.keys() and other["world.json"] != default["world.json"]
+    assert other["test/tiny_single.parquet"] != default["test/tiny_single.parquet"]

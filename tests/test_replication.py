@@ -242,6 +242,21 @@ def test_the_confidence_interval_contains_the_true_mean_and_narrows_with_more_da
     assert (small[1] - small[0]) > (hi - lo)
 
 
+def test_base_seeds_that_answered_the_same_questions_share_one_draw_of_them():
+    # the world has its own seed (data.world.seed): every base seed answers the same questions,
+    # so two bases that score them alike are no more evidence about the questions than one
+    rng = np.random.default_rng(0)
+    one_run = {"b": {f"q{q}": float(rng.random() < 0.4) for q in range(300)}}
+    one, copies = {0: {0: one_run}}, {0: {0: one_run}, 1: {0: one_run}}
+    draws = bootstrap.draw({0: {"b": list(one_run["b"])}, 1: {"b": list(one_run["b"])}}, 50, rng)
+    assert draws.questions[(0, "b")][1] is draws.questions[(1, "b")][1]
+    apart = bootstrap.draw({0: {"b": ["x", "y"]}, 1: {"b": ["u", "v"]}}, 50, rng)
+    assert apart.questions[(0, "b")][1] is not apart.questions[(1, "b")][1]
+    width = {name: np.subtract(*bootstrap.confidence_interval(s, resamples=2000, seed=3)[::-1])
+             for name, s in (("one", one), ("copies", copies))}
+    assert width["copies"] == pytest.approx(width["one"], rel=0.1)  # independent draws: ~0.71x
+
+
 def test_verdicts_clear_difference_holds_reversed_is_the_opposite_equal_is_inconclusive():
     good, bad = synthetic(0.6, seed=1), synthetic(0.3, seed=2)
     assert bootstrap.difference(good, bad, resamples=500)["verdict"] == bootstrap.HOLDS
@@ -361,7 +376,7 @@ def test_replicate_help_and_dry_run_print_the_plan_and_a_time_from_measured_stag
     assert "replication plan: 4 experiments" in text
     # 4 x 1800 s of training + 4 x 600 questions x 0.1 s (9 s per 90 validated questions); base seed 0
     # and its simulator are the workspace's own
-    assert "estimated time: 2.1 h (train 2.0 h, evaluate 0.1 h, data+base 0.0 h, simulator_sft 0.0 h" in text
+    assert "estimated time: 2.1 h (train 2.0 h, evaluate 0.1 h, base 0.0 h, simulator_sft 0.0 h" in text
 
 
 def test_the_replicate_deployment_is_unscheduled_with_the_study_parameters():

@@ -23,7 +23,7 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
     assert {"train.parquet", "corpus.jsonl", "world.json", "test/tiny_single.parquet",
             "test/tiny_multi.parquet", "test/tiny_ood.parquet"} <= set(da)
     assert any(k.startswith("bm25/") for k in da)
-    c = digest_tree_after(tmp_path / "c", "base.seed=1")
+    c = digest_tree_after(tmp_path / "c", "data.world.seed=1")
     assert c["corpus.jsonl"] != da["corpus.jsonl"]
 
 

@@ -101,6 +101,7 @@ class BaseSection(_Section):
 
 
 class WorldSection(_Section):
+    seed: Annotated[int, Field(ge=0)]
     n_entities: Annotated[int, Field(ge=60)]
     n_train_questions: PositiveInt
     n_test_questions: PositiveInt

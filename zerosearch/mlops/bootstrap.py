@@ -2,15 +2,16 @@
 
 A row's scores are ``scores[base_seed][rl_seed][benchmark][question] = 0/1`` (or any score in
 [0, 1]): one DVC experiment per (base seed, RL seed), its per-question correctness read from
-``metrics/evaluate_predictions.jsonl``. A base seed is a world of its own (the data stage
-draws the questions from ``base.seed``), so questions are compared only within a base seed.
+``metrics/evaluate_predictions.jsonl``. Questions are compared within a base seed; base seeds
+that answered the same questions (the tiny world has its own seed, ``data.world.seed``, so by
+default every base seed answers the same benchmarks) share one draw of them per resample.
 
 The estimate of a row is the mean over base seeds of the mean over its RL seeds of the
 unweighted average over benchmarks (the paper's "average"). Its confidence interval is a
 percentile bootstrap in two levels: each resample draws base seeds with replacement, RL seeds
 with replacement within each, and the questions of each benchmark with replacement within each
 base world (one draw of questions per world and resample, shared by that world's runs, since
-they answer the same questions). A base seed drawn twice in one resample reuses its inner
+they answer the same questions, and by the other worlds with the same question keys). A base seed drawn twice in one resample reuses its inner
 draw (a simplification: it slightly understates the spread between base seeds).
 
 The difference of two rows is paired: both rows use the same draws of base seeds and of
@@ -81,15 +82,19 @@ class Draws:
 
 def draw(layout: Mapping[int, Mapping[str, Sequence[str]]], resamples: int, rng: np.random.Generator) -> Draws:
     """Draw base seeds and, per base world and benchmark, questions, each with replacement.
-    ``layout[base][benchmark]`` = the question keys there."""
+    ``layout[base][benchmark]`` = the question keys there; worlds with the same keys for a
+    benchmark (the same questions) share one draw of them."""
     bases = sorted(layout)
     picks = rng.integers(0, len(bases), size=(resamples, len(bases)))
     weights = (picks[..., None] == np.arange(len(bases))).sum(axis=1) / len(bases)
-    questions = {}
+    questions, shared = {}, {}
     for b in bases:
         for bench, keys in layout[b].items():
             keys = list(keys)
-            questions[(b, bench)] = (keys, rng.integers(0, len(keys), size=(resamples, len(keys))))
+            same = (bench, tuple(keys))
+            if same not in shared:
+                shared[same] = rng.integers(0, len(keys), size=(resamples, len(keys)))
+            questions[(b, bench)] = (keys, shared[same])
     return Draws(bases, weights, questions)
 
 

@@ -273,7 +273,8 @@ def scratch_pretrain_seconds(cfg, policy_seconds: float) -> float:
 
 def estimate(experiments: Sequence[Experiment], measured: dict[str, Any], workspace_base_seed: int = 0) -> dict[str, Any]:
     """Seconds the plan takes if every stage takes as long as the workspace's last run of it:
-    train + evaluate per experiment, data + base per new base seed, simulator SFT per new
+    train + evaluate per experiment, base per new base seed (the world, ``data.world.seed``, is
+    the same for every base seed: data does not rerun), simulator SFT per new
     (base seed, simulator config), plus ``scratch_pretrain`` seconds per simulator pretrained from
     scratch (``simulator_sft.init=scratch``). Upper bound on the first experiment, whose stages may be up to
     date; DVC's own work per experiment (temp copy, checkouts) is not counted."""
@@ -284,7 +285,7 @@ def estimate(experiments: Sequence[Experiment], measured: dict[str, Any], worksp
     evaluate = sum(per_q * measured.get("questions", 0) * _methods(e) for e in experiments)
     scratch = sum(1 for k in sfts if any(o.replace('"', "") == "simulator_sft.init=scratch" for o in k[1]))
     parts = {"train": train * len(experiments), "evaluate": evaluate,
-             "data+base": (measured.get("data", 0.0) + measured.get("base", 0.0)) * len(bases),
+             "base": measured.get("base", 0.0) * len(bases),
              "simulator_sft": measured.get("simulator_sft", 0.0) * len(sfts),
              "scratch simulator pretraining": measured.get("scratch_pretrain", 0.0) * scratch}
     return {"seconds": sum(parts.values()), "parts": parts, "new_base_seeds": len(bases), "simulator_sft_runs": len(sfts),

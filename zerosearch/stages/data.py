@@ -33,7 +33,7 @@ from zerosearch.tracker import NullTracker, Tracker
 
 def _tinyworld_files(cfg: Config, out: Path) -> dict[str, Any]:
     w = cfg.data.world
-    g = tinyworld.generate(cfg.base.seed, w.n_entities, w.n_train_questions, w.n_test_questions,
+    g = tinyworld.generate(w.seed, w.n_entities, w.n_train_questions, w.n_test_questions,
                            w.test_fraction, w.two_hop_fraction)
     (out / "world.json").write_text(
         json.dumps({"entities": g["world"].to_json(), "roles": g["roles"]}, sort_keys=True,
