@@ -16,6 +16,7 @@ from zerosearch.lm.generation import HFGenerator
 from zerosearch.lm.models import resolve_attn_implementation
 from zerosearch.rl.launch import resolve_mixed_precision
 from zerosearch.rl.trainer import RLTrainer
+from zerosearch.rl.update import local_mini_batch
 
 ROWS = [{"question": f"q{i}", "golden_answers": [f"a{i}"]} for i in range(40)]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -63,7 +64,7 @@ def test_processes_split_the_prompts_of_a_step_by_whole_prompts(tmp_path):
                        "train.micro_batch_size=3")
     trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, 2))
     trainer._check_process_split()
-    assert trainer._local_mini_batch() == 6 and trainer.on_policy(6) and not trainer.on_policy(7)
+    assert local_mini_batch(trainer.t, 2) == 6 and trainer.on_policy(6) and not trainer.on_policy(7)
     cfg = micro_config(tmp_path, "train.batch_prompts=4", "train.group_size=3", "train.mini_batch_size=6",
                        "train.micro_batch_size=6")
     trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, 2))
@@ -80,7 +81,7 @@ def test_the_paper_presets_split_over_two_and_four_processes(tmp_path):
     for n, local in ((2, 128), (4, 64)):
         trainer = RLTrainer(cfg, None, ROWS, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, n))
         trainer._check_process_split()
-        assert trainer._local_mini_batch() == local and local % cfg.train.micro_batch_size == 0
+        assert local_mini_batch(trainer.t, n) == local and local % cfg.train.micro_batch_size == 0
 
 
 def test_rollout_backend_hf_makes_a_generator_per_step_vllm_one_engine_synced_every_step(tmp_path, monkeypatch):

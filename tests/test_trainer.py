@@ -23,6 +23,7 @@ from zerosearch.rl.checkpoint import (
 )
 from zerosearch.rl.experience import Experience, token_log_probs
 from zerosearch.rl.trainer import RLTrainer
+from zerosearch.rl.update import local_mini_batch
 from zerosearch.rl.validation import Validation, validation_metrics
 from zerosearch.search.factory import make_engine
 from zerosearch.stages import train as train_stage
@@ -392,9 +393,9 @@ def test_vanilla_reinforce_uses_the_raw_scores_and_adds_the_kl_loss(micro_world,
     assert exp.ref_log_probs is not None
     exp.ref_log_probs = exp.ref_log_probs - 0.3  # the policy still equals its reference: move the reference
     losses = []
-    monkeypatch.setattr(trainer, "_backward", lambda loss: losses.append(float(loss.detach())))
+    monkeypatch.setattr(trainer.updater, "backward", lambda loss: losses.append(float(loss.detach())))
     trainer.m.policy.train()
-    stats = trainer._micro_step(exp.select(torch.arange(4)), 1.0)
+    stats = trainer.updater.micro_step(exp.select(torch.arange(4)), 1.0)
     assert stats["kl"] > 0
     assert losses == [pytest.approx(stats["policy_loss"] - 0.01 * stats["entropy"] + 0.5 * stats["kl"], abs=1e-6)]
 
@@ -424,9 +425,9 @@ def test_a_mini_batch_size_that_does_not_divide_the_batch_steps_on_the_remainder
     assert not trainer.on_policy(320)  # the second mini-batch runs after a step: behaviour log-probs needed
     steps, minis, weights = [], [], []
     trainer.m.optimizer.optimizer.register_step_post_hook(lambda *_: steps.append(1))
-    update_mini, micro_step = trainer._update_mini_batch, trainer._micro_step
-    monkeypatch.setattr(trainer, "_update_mini_batch", lambda e, mini: minis.append(mini) or update_mini(e, mini))
-    monkeypatch.setattr(trainer, "_micro_step", lambda e, w: weights.append((len(e), w)) or micro_step(e, w))
+    update_mini, micro_step = trainer.updater.mini_batch, trainer.updater.micro_step
+    monkeypatch.setattr(trainer.updater, "mini_batch", lambda e, mini: minis.append(mini) or update_mini(e, mini))
+    monkeypatch.setattr(trainer.updater, "micro_step", lambda e, w: weights.append((len(e), w)) or micro_step(e, w))
     calls = _count_backwards(trainer, monkeypatch)
     trainer.update(exp, step=0)
     assert len(steps) == 2 and [len(m) for m in minis] == [256, 64]
@@ -441,7 +442,7 @@ def test_a_mini_batch_size_that_does_not_divide_the_batch_steps_on_the_remainder
     rows = read_qa_parquet(cfg.path("data") / "train.parquet")
     two = RLTrainer(cfg, None, rows, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, 2))
     two._check_process_split()
-    assert two._local_mini_batch() == 128 and [len(c) for c in torch.arange(160).split(128)] == [128, 32]
+    assert local_mini_batch(two.t, 2) == 128 and [len(c) for c in torch.arange(160).split(128)] == [128, 32]
     three = RLTrainer(cfg, None, rows, checkpoint_dir=tmp_path, accelerator=fake_accelerator(0, 3))
     with pytest.raises(ValueError, match=r"batch_prompts \(64\) must be a multiple of the 3 processes"):
         three._check_process_split()

@@ -32,7 +32,7 @@ Departures from the reference (Search-R1 / ZeroSearch on veRL):
   mini-batch's micro-batch count, so its 64-trajectory remainder steps with a quarter of its
   mean's gradient).
 - The KL loss is added to the policy loss (the reference actor subtracts it: see
-  ``_micro_step``).
+  ``zerosearch.rl.update.Updater.micro_step``).
 - The LR schedule advances once per training step, not once per mini-batch. Warmup step
   ``k`` (from 0) runs at ``(k + 1) / ceil(ratio * total_steps)`` of the LR; veRL's at
   ``k / int(ratio * total_steps)``, its first step at LR 0. For a non-integer
@@ -81,14 +81,12 @@ engine for the run, the policy's weights loaded into it before every rollout).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,14 +99,7 @@ from zerosearch.lm.generation import HFGenerator
 from zerosearch.progress import progress
 from zerosearch.protocol import SearchEngine
 from zerosearch.rewards import exact_match, get_reward
-from zerosearch.rl.algorithms import (
-    ALGORITHMS,
-    aggregate,
-    get_advantage,
-    get_kl,
-    policy_loss,
-    value_loss,
-)
+from zerosearch.rl.algorithms import ALGORITHMS, get_advantage, get_kl
 from zerosearch.rl.checkpoint import (
     checkpoint_path,
     config_differences,
@@ -135,6 +126,7 @@ from zerosearch.rl.launch import (
     warn_if_over_memory,
 )
 from zerosearch.rl.step_timing import simulator_timed, step_phases
+from zerosearch.rl.update import Models, Updater, local_mini_batch
 from zerosearch.rl.validation import Validation, validate_policy, validation_due
 from zerosearch.timing import PhaseTimer
 from zerosearch.tracker import NullTracker, Tracker
@@ -147,21 +139,6 @@ COUNTED_STATS = ("truncated_observations", "turns_hit_length_limit", "context_li
 
 def constant_with_warmup(warmup_steps: int) -> Callable[[int], float]:
     return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-
-
-@dataclass
-class Models:
-    """The trainable policy (and critic), their optimizers, and how to get reference log-probs."""
-
-    policy: Any
-    tokenizer: Any
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    reference: Any | None = None  # a frozen copy; None with LoRA (adapters disabled) or no KL
-    critic: Any | None = None
-    critic_optimizer: torch.optim.Optimizer | None = None
-    lora: bool = False
-    critic_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # the critic's LR warmup (PPO)
 
 
 class RLTrainer:
@@ -192,6 +169,7 @@ class RLTrainer:
         self.validations: list[dict[str, float]] = []  # {"step": N, val_*}: the policy after N updates
         self.start_step = 0
         self.m: Models | None = None
+        self.updater: Updater | None = None  # the optimizer steps over self.m (setup)
         self._vllm = None  # the vllm rollout engine, created on the first rollout
         self.timer = PhaseTimer()  # a step's seconds per phase (``step_phases``)
         self._logging_seconds = 0.0  # the previous step's logging and checkpointing
@@ -210,6 +188,8 @@ class RLTrainer:
         torch.manual_seed(self.cfg.train.seed)  # a run is a function of its config, not of what ran before
         state = read_state(ckpt) if ckpt is not None else None  # its config was checked first
         self.m = self._build_models(ckpt)
+        self.updater = Updater(self.t, self.spec, self.m, self.accelerator, seed=self.cfg.train.seed,
+                               deepspeed=self._deepspeed_plugin() is not None)
         if state is not None:
             if trainer_state.get("optimizer") is None:
                 raise ValueError(f"cannot resume from {ckpt}: it was written under DeepSpeed and holds no "
@@ -504,7 +484,8 @@ class RLTrainer:
         current ones, so the extra forward pass is skipped (the update detaches its own)."""
         t = self.t
         kl_reward = self.spec.kl_in_reward and t.kl_coef > 0
-        return t.ppo_epochs == 1 and self._local_mini_batch() >= n_rollouts and not kl_reward
+        return (t.ppo_epochs == 1 and local_mini_batch(t, self.accelerator.num_processes) >= n_rollouts
+                and not kl_reward)
 
     @torch.no_grad()
     def make_experience(self, batch: RolloutBatch, scores: Tensor, group: list[int]) -> Experience:
@@ -541,119 +522,9 @@ class RLTrainer:
     # ------------------------------------------------------------------ update
 
     def update(self, exp: Experience, step: int) -> dict[str, float]:
-        """PPO-style epochs over mini-batches; returns mean loss statistics (this process's
-        token share of each: ``train_step`` sums them over processes)."""
-        t, m = self.t, self.m
-        gen = torch.Generator().manual_seed(self.cfg.train.seed * 7919 + step)
-        sums: dict[str, float] = {}
-        updates = 0
-        m.policy.train()
-        if m.critic is not None:
-            m.critic.train()
-        for _ in range(t.ppo_epochs):
-            # consecutive chunks of one shuffle; the last is smaller when the size does not divide
-            for mini in torch.randperm(len(exp), generator=gen).split(self._local_mini_batch()):
-                stats = self._update_mini_batch(exp, mini)
-                updates += 1
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-        m.policy.eval()
-        return {k: v / max(1, updates) for k, v in sums.items()}
-
-    def _local_mini_batch(self) -> int:
-        """This process's share of ``train.mini_batch_size`` (trajectories of all processes)."""
-        return self.t.mini_batch_size // self.accelerator.num_processes
-
-    def _global_tokens(self, local: Tensor) -> Tensor:
-        """The sampled tokens of a mini-batch over all processes (its share on each)."""
-        if self.accelerator.num_processes == 1:
-            return local
-        return self.accelerator.reduce(local.to(self.accelerator.device), reduction="sum")
-
-    def _update_mini_batch(self, exp: Experience, mini: Tensor) -> dict[str, float]:
-        """One optimizer step on a mini-batch, its gradient accumulated over micro-batches.
-
-        A micro-batch's loss is weighted by its share of the mini-batch's sampled tokens over
-        all processes, times the process count (DDP and DeepSpeed average gradients over
-        processes): the step is the token mean of the whole mini-batch. A micro-batch without
-        sampled tokens still runs forward and backward (its loss times 0): every process must
-        run the same passes, or the collectives inside them wait forever. A mini-batch without
-        any sampled token on any process is skipped by every process alike (no optimizer step).
-        """
-        t, m, acc = self.t, self.m, self.accelerator
-        tokens = self._global_tokens(exp.mask[mini].sum())
-        if float(tokens) == 0.0:
-            return {"grad_norm": 0.0, **({"critic_grad_norm": 0.0} if m.critic is not None else {})}
-        m.optimizer.zero_grad(set_to_none=True)
-        if m.critic_optimizer is not None:
-            m.critic_optimizer.zero_grad(set_to_none=True)
-        stats: dict[str, float] = {}
-        micros = length_sorted(mini, exp.attention_mask.sum(-1)).split(t.micro_batch_size)
-        for i, micro in enumerate(micros):
-            e = exp.select(micro)
-            share = float(e.mask.sum() / tokens)
-            with self._accumulating(last=i == len(micros) - 1):
-                for k, v in self._micro_step(e, share * acc.num_processes).items():
-                    stats[k] = stats.get(k, 0.0) + v * share
-        stats["grad_norm"] = float(acc.clip_grad_norm_(m.policy.parameters(), t.max_grad_norm))
-        m.optimizer.step()
-        if m.critic is not None:
-            stats["critic_grad_norm"] = float(acc.clip_grad_norm_(m.critic.parameters(), t.max_grad_norm))
-            m.critic_optimizer.step()
-        return stats
-
-    @contextlib.contextmanager
-    def _accumulating(self, last: bool) -> Iterator[None]:
-        """Around one micro-batch's forward and backward: only the mini-batch's last one syncs
-        gradients over processes (``no_sync`` otherwise) and, under DeepSpeed, steps the engine
-        (accelerate steps it inside every backward while ``sync_gradients`` is true)."""
-        acc = self.accelerator
-        acc.sync_gradients = last
-        try:
-            with contextlib.ExitStack() as stack:
-                if not last:
-                    for model in (self.m.policy, self.m.critic):
-                        if model is not None:
-                            stack.enter_context(acc.no_sync(model))
-                yield
-        finally:
-            acc.sync_gradients = True
-
-    def _backward(self, loss: Tensor) -> None:
-        # Under DeepSpeed the losses are already weighted for accumulation (see _update_mini_batch):
-        # no second division by gradient_accumulation_steps.
-        kwargs = {"scale_wrt_gas": False} if self._deepspeed_plugin() is not None else {}
-        self.accelerator.backward(loss, **kwargs)
-
-    def _micro_step(self, e: Experience, weight: float) -> dict[str, float]:
-        """Forward and backward of one micro-batch, its losses times ``weight``; its statistics."""
-        t, m = self.t, self.m
-        # Without an entropy bonus the entropy is only logged (the curve's collapse signal): computed
-        # without autograd, one chunk at a time, so it costs a softmax pass and no memory for backward.
-        log_probs, entropy = token_log_probs(m.policy, e.input_ids, e.attention_mask, t.temperature,
-                                             with_entropy="grad" if t.entropy_coef else True,
-                                             start=first_scored_position(e.mask))
-        old_log_probs = e.old_log_probs if e.old_log_probs is not None else log_probs.detach()
-        pg_loss, pg_stats = policy_loss(log_probs, old_log_probs, e.advantages, e.mask, clip_ratio=t.clip_ratio)
-        entropy_mean = aggregate(entropy, e.mask)
-        loss = pg_loss - t.entropy_coef * entropy_mean
-        stats: dict[str, float] = {}
-        if e.ref_log_probs is not None:
-            kl = aggregate(get_kl(t.kl_estimator)(log_probs, e.ref_log_probs), e.mask)
-            if not self.spec.kl_in_reward:
-                # ADDED, so the update pulls the policy towards the reference. The reference actor
-                # (veRL's dp_actor, use_kl_loss) subtracts kl_loss_coef * kl_loss instead, which
-                # rewards drifting away from it; we keep this fix (docs: FIDELITY).
-                loss = loss + t.kl_coef * kl
-            stats["kl"] = kl.item()
-        self._backward(loss * weight)
-        stats.update(policy_loss=pg_loss.item(), entropy=entropy_mean.item(), **pg_stats)
-        if m.critic is not None:
-            values = critic_values(m.critic, e.input_ids, e.attention_mask)
-            v_loss, v_stats = value_loss(values, e.old_values, e.returns, e.mask, clip_range=t.value_clip)
-            self._backward(v_loss * weight)
-            stats.update(value_loss=v_loss.item(), **v_stats)
-        return stats
+        """The step's optimizer steps (``zerosearch.rl.update``); mean loss statistics, this
+        process's token share of each (``train_step`` sums them over processes)."""
+        return self.updater.run(exp, step)
 
     # ------------------------------------------------------------------ outputs
 
