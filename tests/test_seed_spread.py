@@ -4,12 +4,11 @@ methods of a run's sources (the study evaluates the base agent and the agent sep
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
-import seed_spread  # noqa: E402
+import seed_spread
 
 
 def _evaluate(**averages) -> dict:

@@ -121,7 +121,7 @@ def results(study: Study, experiments: Sequence[Experiment], collected: Collecte
     finished = [e.name for e in experiments if e.name in collected.predictions]
     return {"generated_by": GENERATED_BY, "units": "percent", "metric": study.metric,
             "bootstrap": {"resamples": study.resamples, "seed": study.bootstrap_seed, "confidence": study.confidence,
-                          "levels": "seeds (base seeds, then RL seeds within each), then questions within each base world"},
+                          "levels": "seeds (base seeds, then RL seeds within each), then questions (one draw per benchmark, shared by the base seeds that answered the same questions)"},
             "seeds": {"rl": study.rl_seeds, "base": study.base_seeds},
             "experiments": {"planned": len(experiments), "finished": len(finished),
                             "missing": [e.name for e in experiments if e.name not in collected.predictions]},
