@@ -67,7 +67,8 @@ def test_dvc_repro_builds_everything_then_has_nothing_to_do(reproduced):
     second = run(["dvc", "repro"], repo, env)
     assert "didn't change" in second and "Running stage" not in second
     # the headline numbers are DVC's metrics: one short row per stage
-    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env))[""]["data"]
+    out = run(["dvc", "metrics", "show", "--json"], repo, env)  # stdout, then any stderr warning
+    shown = json.JSONDecoder().raw_decode(out[out.index("{"):])[0][""]["data"]
     assert shown["metrics/headline/data.json"]["data"]["train_questions"] == data["rows_train"]
     assert set(shown["metrics/headline/evaluate.json"]["data"]) == {f"{m}_em" for m in methods}
 

@@ -11,8 +11,9 @@ unweighted average over benchmarks (the paper's "average"). Its confidence inter
 percentile bootstrap in two levels: each resample draws base seeds with replacement, RL seeds
 with replacement within each, and the questions of each benchmark with replacement within each
 base world (one draw of questions per world and resample, shared by that world's runs, since
-they answer the same questions, and by the other worlds with the same question keys). A base seed drawn twice in one resample reuses its inner
-draw (a simplification: it slightly understates the spread between base seeds).
+they answer the same questions, and by the other worlds with the same question keys). A base
+seed drawn twice in one resample reuses its inner draw (a simplification: it slightly
+understates the spread between base seeds).
 
 The difference of two rows is paired: both rows use the same draws of base seeds and of
 questions (restricted to the base seeds and questions they share), their RL seeds drawn
