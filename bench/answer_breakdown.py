@@ -12,7 +12,6 @@ the predictions that searches (``base_agent``, ``agent``) gets a row.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from zerosearch.data.schema import read_jsonl
 from zerosearch.rewards import normalize_answer
 
 INFORMATION = re.compile(r"<information>(.*?)</information>", flags=re.DOTALL)
@@ -31,8 +31,7 @@ def read_predictions(run: str, repo: Path) -> list[dict]:
         from zerosearch.mlops.replication import DvcStore
 
         return DvcStore(repo).predictions(run[4:])
-    path = Path(run) / "metrics" / "evaluate_predictions.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(Path(run) / "metrics" / "evaluate_predictions.jsonl")
 
 
 def breakdown(records: list[dict], method: str) -> dict[str, float]:

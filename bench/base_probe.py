@@ -25,6 +25,7 @@ def probe(params: Path, out: Path, overrides: list[str]) -> dict[str, Any]:
     from answer_breakdown import breakdown
 
     from zerosearch.config import load_config
+    from zerosearch.data.schema import write_jsonl
     from zerosearch.search.factory import make_engine
     from zerosearch.stages import base as base_stage
     from zerosearch.stages.evaluate import benchmark_rows, run_methods, table
@@ -40,8 +41,7 @@ def probe(params: Path, out: Path, overrides: list[str]) -> dict[str, Any]:
     results, records = run_methods(cfg, make_engine(cfg, "bm25"), benchmark_rows(cfg))
     summary = {"overrides": overrides, "base_seconds": seconds, "base": stats,
                "table": table(results, cfg.data.in_domain), "breakdown": breakdown(records, "base_agent")}
-    (out / "metrics").mkdir(parents=True, exist_ok=True)
-    (out / "metrics" / "evaluate_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_jsonl(records, out / "metrics" / "evaluate_predictions.jsonl")
     (out / "probe.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 

@@ -81,9 +81,9 @@ class Updater:
         m.policy.train()
         if m.critic is not None:
             m.critic.train()
+        local = local_mini_batch(t, self.accelerator.num_processes)
         for _ in range(t.ppo_epochs):
             # consecutive chunks of one shuffle; the last is smaller when the size does not divide
-            local = local_mini_batch(t, self.accelerator.num_processes)
             for mini in torch.randperm(len(exp), generator=gen).split(local):
                 stats = self.mini_batch(exp, mini)
                 updates += 1
