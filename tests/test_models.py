@@ -106,3 +106,27 @@ def test_shape_parameter_count_is_the_built_models_count():
     shape = ModelShape(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64, max_position=128)
     tok = train_tokenizer(["alpha beta gamma delta"] * 20, 600)
     assert shape_parameter_count(shape, len(tok)) == count_parameters(tiny_causal_lm(shape, len(tok), tok, seed=0))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_causal_lm_learns_in_either_precision_and_keeps_fp32_weights(precision):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from zerosearch.config import PretrainRun
+    from zerosearch.lm.supervised import train_causal_lm
+
+    tok = train_tokenizer(["Velora is a city in Zandoria."] * 40, vocab_size=300)
+    chunks = pack_texts(tok, ["Velora is a city in Zandoria."] * 40, seq_len=16)
+
+    def run(p: str) -> tuple[list[float], torch.nn.Module]:
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=1, intermediate_size=64))
+        run = PretrainRun(steps=30, batch_size=2, seq_len=16, lr=1e-2, warmup_steps=1, precision=p)
+        return train_causal_lm(model, chunks, run, seed=0), model
+
+    losses, model = run(precision)
+    assert sum(losses[-5:]) / 5 < 0.5 * losses[0]  # it learns the repeated sentence
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    if precision == "bf16":  # autocast ran: the same run in fp32 gives other losses
+        assert losses != run("fp32")[0]

@@ -154,6 +154,7 @@ class PretrainRun(_Section):
     seq_len: PositiveInt
     lr: PositiveFloat
     warmup_steps: Annotated[int, Field(ge=0)]
+    precision: Literal["fp32", "bf16"]
 
 
 class TinyModelsSection(_Section):
@@ -163,6 +164,7 @@ class TinyModelsSection(_Section):
     policy_pretrain: PretrainRun
     simulator_pretrain: PretrainRun
     n_demos: PositiveInt
+    n_reading_drills: Annotated[int, Field(ge=0)]
     demo_entities: Annotated[int, Field(ge=60)]
 
     @model_validator(mode="after")

@@ -4,8 +4,8 @@ Two stages pretrain from scratch and must read the same texts: the base stage (t
 policy, and the tokenizer trained on those texts) and, under ``simulator_sft.init: scratch``,
 the simulator SFT stage (a simulator of its own size). ``pretraining_texts`` rebuilds them
 from the config alone (the data stage's corpus, ``base.seed``, the demo world of
-``tiny_models.demo_entities`` entities, ``tiny_models.n_demos`` protocol demonstrations
-answered by BM25 with ``search.bm25`` and ``search.top_k``), so both stages get the same
+``tiny_models.demo_entities`` entities, ``tiny_models.n_demos`` protocol demonstrations and
+``tiny_models.n_reading_drills`` reading drills, answered by BM25 with ``search.bm25`` and ``search.top_k``), so both stages get the same
 texts byte for byte without passing files between them; ``pretrain`` is the one training
 run both use.
 """
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from zerosearch.config import Config, PretrainRun
-from zerosearch.data.demos import demo_world, protocol_demos
+from zerosearch.data.demos import demo_world, protocol_demos, reading_drills
 from zerosearch.data.schema import read_corpus
 from zerosearch.lm.models import count_parameters
 from zerosearch.lm.supervised import pack_examples, train_causal_lm
@@ -33,18 +33,22 @@ class PretrainingTexts:
 
     demos:     protocol demonstrations on the separate demo world (fresh names)
     documents: one example per corpus document, as the engines render it
+    drills:    reading drills on the demo world (demonstrations trained only on what they read)
     """
 
     demos: list[list[Segment]]
     documents: list[list[Segment]]
+    drills: list[list[Segment]]
 
     def tokenizer_texts(self) -> Iterator[str]:
-        """The texts the tokenizer is trained on: documents, then demonstrations."""
+        """The texts the tokenizer is trained on: documents, then demonstrations (the drills,
+        demonstrations of the same kind, leave it out: the default tokenizer stays as it was)."""
         return (text for ex in self.documents + self.demos for text, _ in ex)
 
     def policy_examples(self, seed: int) -> list[list[Segment]]:
-        """Demonstrations and documents shuffled by ``seed``: the policy's pretraining set."""
-        examples = self.demos + self.documents
+        """Demonstrations, drills and documents shuffled by ``seed``: the policy's pretraining set
+        (with no drills, the same list as before they existed)."""
+        examples = self.demos + self.drills + self.documents
         random.Random(seed).shuffle(examples)
         return examples
 
@@ -56,8 +60,9 @@ def pretraining_texts(cfg: Config) -> PretrainingTexts:
     world, demo_corpus = demo_world(cfg.base.seed, tm.demo_entities)
     engine = BM25Engine.build(demo_corpus, k1=cfg.search.bm25.k1, b=cfg.search.bm25.b, top_k=cfg.search.top_k)
     demos = protocol_demos(world, engine, tm.n_demos, cfg.base.seed)
+    drills = reading_drills(world, engine, tm.n_reading_drills, cfg.base.seed)
     documents = [[(Doc(d["title"], d["text"]).render(), True)] for d in corpus]
-    return PretrainingTexts(demos=demos, documents=documents)
+    return PretrainingTexts(demos=demos, documents=documents, drills=drills)
 
 
 def pretrain(name: str, model, tokenizer, examples: list[list[Segment]], run: PretrainRun, seed: int,

@@ -110,6 +110,24 @@ def protocol_demos(
     return [demonstration(world, *rng.choice(pairs), engine, rng, guess_fraction) for _ in range(n)]
 
 
+def reading_drill(demo: list[Segment]) -> list[Segment]:
+    """``demo`` trained only on the turns that follow an ``<information>`` block: the
+    intermediate entity or the answer, copied from the documents. The question, the first
+    search and the documents stay in the context, untrained, so the drill's whole loss is
+    reading."""
+    after_docs = [i + 1 for i, (text, _) in enumerate(demo[:-1]) if text == "\n</information>\n"]
+    return [(text, i in after_docs) for i, (text, _) in enumerate(demo)]
+
+
+def reading_drills(world: World, engine: SearchEngine, n: int, seed: int) -> list[list[Segment]]:
+    """``n`` reading drills over ``world``: demonstrations without guesses or recoveries (every
+    answer is in the documents the demonstration read), each as ``reading_drill``."""
+    rng = random.Random(seed + 6)
+    pairs = [(e, t) for t in SINGLE_HOP + TWO_HOP for e in world.entities if e.type == t.subject_type]
+    return [reading_drill(demonstration(world, *rng.choice(pairs), engine, rng, guess_fraction=0.0,
+                                        recovery_fraction=0.0)) for _ in range(n)]
+
+
 def demo_searches(world: World, n: int, seed: int) -> list[dict]:
     """``n`` searches a demonstrator makes on ``world``: for a random (subject, in-domain
     template), every hop's well-formed query, with the question and gold answers; used as

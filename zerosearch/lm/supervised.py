@@ -1,5 +1,7 @@
 """Supervised causal-LM training: pretraining the tiny base models and the simulator SFT. Texts are tokenized, joined with EOS and packed into fixed-length chunks;
-batches are drawn with a seeded generator; AdamW with linear warmup and cosine decay."""
+batches are drawn with a seeded generator; AdamW with linear warmup and cosine decay; fp32, or
+with ``precision: bf16`` the forward and backward under bf16 autocast (weights, gradients and
+optimizer state stay fp32)."""
 
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ def train_causal_lm(
     ``pack_examples``); returns the loss per step.
     ``on_step(step, metrics)`` receives loss, lr and tokens/s after each step."""
     ids, labels = chunks
+    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=run.lr, betas=(0.9, 0.95), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(run.warmup_steps, run.steps))
@@ -76,7 +79,8 @@ def train_causal_lm(
         for step in range(run.steps):
             t0 = time.perf_counter()
             pick = torch.randint(len(ids), (run.batch_size,), generator=gen)
-            loss = model(input_ids=ids[pick], labels=labels[pick]).loss
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16"):
+                loss = model(input_ids=ids[pick].to(device), labels=labels[pick].to(device)).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
