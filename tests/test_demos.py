@@ -31,7 +31,7 @@ def test_reading_drills_are_seeded_and_separate_from_the_demonstrations():
     assert reading_drills(world, engine, 10, seed=3) == reading_drills(world, engine, 10, seed=3)
     assert reading_drills(world, engine, 10, seed=3) != reading_drills(world, engine, 10, seed=4)
     assert reading_drills(world, engine, 0, seed=3) == []
-    # adding drills leaves the demonstrations (and so the default recipe) as they were
+    # the demonstrations keep their own seeded stream
     assert protocol_demos(world, engine, 10, seed=3) == protocol_demos(world, engine, 10, seed=3)
     demo = protocol_demos(world, engine, 10, seed=3)[0]
     assert demo[1][1] is True  # a demonstration trains its first search; a drill does not

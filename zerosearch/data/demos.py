@@ -44,13 +44,20 @@ def _garble(rng: random.Random, name: str) -> str:
     return (name[:cut] + name[cut + 1:]).strip() or name
 
 
+_OPENING, _CLOSING = "\n<information>\n", "\n</information>\n"  # around a demo's documents, untrained
+
+
+def _subject_template_pairs(world: World) -> list[tuple[Entity, Template]]:
+    """Every (subject, in-domain template) of ``world`` a demonstration can ask about."""
+    return [(e, t) for t in SINGLE_HOP + TWO_HOP for e in world.entities if e.type == t.subject_type]
+
+
 def _search_segments(query: str, engine: SearchEngine, thought: str, trained: bool) -> list[Segment]:
     """think + search (trained or not) and the documents the engine returns for it."""
     docs = engine.search([query])[0]
     block = information_block(docs)
-    opening, closing = "\n<information>\n", "\n</information>\n"
-    return [(f"<think> {thought} </think>\n<search> {query} </search>", trained), (opening, False),
-            (block[len(opening):-len(closing)], True), (closing, False)]
+    return [(f"<think> {thought} </think>\n<search> {query} </search>", trained), (_OPENING, False),
+            (block[len(_OPENING):-len(_CLOSING)], True), (_CLOSING, False)]
 
 
 def demonstration(
@@ -106,7 +113,7 @@ def protocol_demos(
     """``n`` demonstrations over ``world`` (searched with ``engine``), one- and two-hop
     in-domain templates."""
     rng = random.Random(seed + 4)
-    pairs = [(e, t) for t in SINGLE_HOP + TWO_HOP for e in world.entities if e.type == t.subject_type]
+    pairs = _subject_template_pairs(world)
     return [demonstration(world, *rng.choice(pairs), engine, rng, guess_fraction) for _ in range(n)]
 
 
@@ -115,7 +122,7 @@ def reading_drill(demo: list[Segment]) -> list[Segment]:
     intermediate entity or the answer, copied from the documents. The question, the first
     search and the documents stay in the context, untrained, so the drill's whole loss is
     reading."""
-    after_docs = [i + 1 for i, (text, _) in enumerate(demo[:-1]) if text == "\n</information>\n"]
+    after_docs = [i + 1 for i, (text, _) in enumerate(demo[:-1]) if text == _CLOSING]
     return [(text, i in after_docs) for i, (text, _) in enumerate(demo)]
 
 
@@ -123,7 +130,7 @@ def reading_drills(world: World, engine: SearchEngine, n: int, seed: int) -> lis
     """``n`` reading drills over ``world``: demonstrations without guesses or recoveries (every
     answer is in the documents the demonstration read), each as ``reading_drill``."""
     rng = random.Random(seed + 6)
-    pairs = [(e, t) for t in SINGLE_HOP + TWO_HOP for e in world.entities if e.type == t.subject_type]
+    pairs = _subject_template_pairs(world)
     return [reading_drill(demonstration(world, *rng.choice(pairs), engine, rng, guess_fraction=0.0,
                                         recovery_fraction=0.0)) for _ in range(n)]
 
@@ -133,7 +140,7 @@ def demo_searches(world: World, n: int, seed: int) -> list[dict]:
     template), every hop's well-formed query, with the question and gold answers; used as
     extra simulator SFT data on names no model can have memorized."""
     rng = random.Random(seed + 5)
-    pairs = [(e, t) for t in SINGLE_HOP + TWO_HOP for e in world.entities if e.type == t.subject_type]
+    pairs = _subject_template_pairs(world)
     out: list[dict] = []
     while len(out) < n:
         subject, template = rng.choice(pairs)
