@@ -122,7 +122,7 @@ def test_train_causal_lm_learns_in_either_precision_and_keeps_fp32_weights(preci
         torch.manual_seed(0)
         model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
                                              num_attention_heads=2, num_key_value_heads=1, intermediate_size=64))
-        run = PretrainRun(steps=30, batch_size=2, seq_len=16, lr=1e-2, warmup_steps=1, precision=p)
+        run = PretrainRun(steps=30, batch_size=2, seq_len=16, lr=1e-2, warmup_steps=1, weight_decay=0.0, precision=p)
         return train_causal_lm(model, chunks, run, seed=0), model
 
     losses, model = run(precision)
@@ -130,3 +130,34 @@ def test_train_causal_lm_learns_in_either_precision_and_keeps_fp32_weights(preci
     assert all(p.dtype == torch.float32 for p in model.parameters())
     if precision == "bf16":  # autocast ran: the same run in fp32 gives other losses
         assert losses != run("fp32")[0]
+
+
+def test_weight_decay_shrinks_matrices_only_and_zero_decay_is_plain_one_group_adamw(monkeypatch):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    import zerosearch.lm.supervised as supervised
+    from zerosearch.config import PretrainRun
+
+    tok = train_tokenizer(["Velora is a city in Zandoria."] * 40, vocab_size=300)
+    chunks = pack_texts(tok, ["Velora is a city in Zandoria."] * 40, seq_len=16)
+
+    def trained(weight_decay: float) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=1, intermediate_size=64))
+        run = PretrainRun(steps=10, batch_size=2, seq_len=16, lr=1e-2, warmup_steps=1, weight_decay=weight_decay,
+                          precision="fp32")
+        supervised.train_causal_lm(model, chunks, run, seed=0)
+        return dict(model.named_parameters())
+
+    plain, decayed = trained(0.0), trained(0.5)
+    groups = supervised.decay_groups(torch.nn.ModuleList([torch.nn.Linear(3, 2), torch.nn.LayerNorm(2)]), 0.5)
+    assert [g["weight_decay"] for g in groups] == [0.5, 0.0]
+    assert [[tuple(p.shape) for p in g["params"]] for g in groups] == [[(2, 3)], [(2,), (2,), (2,)]]
+    matrices = [n for n, p in plain.items() if p.dim() >= 2]
+    assert matrices and all(decayed[n].norm() < plain[n].norm() for n in matrices)  # decay pulls them in
+
+    # zero decay: exactly the weights of one-group AdamW(weight_decay=0), the optimizer before groups
+    monkeypatch.setattr(supervised, "decay_groups",
+                        lambda model, weight_decay: [{"params": list(model.parameters()), "weight_decay": 0.0}])
+    assert all(torch.equal(p, plain[n]) for n, p in trained(0.0).items())

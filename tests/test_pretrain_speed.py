@@ -20,7 +20,7 @@ def test_seconds_per_step_trains_the_model_it_times(mode):
                                          num_key_value_heads=1, intermediate_size=64))
     ids = torch.arange(16).repeat(8, 2) % 64  # (8, 32): a repeated pattern, learnable
     before = [p.detach().clone() for p in model.parameters()]
-    run = PretrainRun(steps=6, batch_size=2, seq_len=32, lr=1e-3, warmup_steps=1, precision="fp32")
+    run = PretrainRun(steps=6, batch_size=2, seq_len=32, lr=1e-3, warmup_steps=1, weight_decay=0.0, precision="fp32")
     seconds, loss = pretrain_speed.seconds_per_step(model, (ids, ids), run, mode=mode, warmup=2)
     assert seconds > 0 and 0 < loss < 10
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))  # the steps were real updates

@@ -128,7 +128,7 @@ def test_lora_finetune_trains_adapters_and_merges_back(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     pair = {"query": "velora", "question": "Where is Velora?", "golden_answers": ["Zandoria"], "label": "useful",
             "documents": ["(Velora) Velora is a city in Zandoria."]}
-    run = PretrainRun(steps=3, batch_size=2, seq_len=32, lr=1e-2, warmup_steps=1, precision="fp32")
+    run = PretrainRun(steps=3, batch_size=2, seq_len=32, lr=1e-2, warmup_steps=1, weight_decay=0.0, precision="fp32")
     merged, losses = finetune(model, tok, [sft_example(pair)] * 20, run, LoraSection(enabled=True, r=4, alpha=8, dropout=0.0), seed=0)
     assert len(losses) == 3
     state = merged.state_dict()

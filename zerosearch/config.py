@@ -154,6 +154,7 @@ class PretrainRun(_Section):
     seq_len: PositiveInt
     lr: PositiveFloat
     warmup_steps: Annotated[int, Field(ge=0)]
+    weight_decay: Annotated[float, Field(ge=0)]
     precision: Literal["fp32", "bf16"]
 
 

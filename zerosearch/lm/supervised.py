@@ -1,7 +1,9 @@
-"""Supervised causal-LM training: pretraining the tiny base models and the simulator SFT. Texts are tokenized, joined with EOS and packed into fixed-length chunks;
-batches are drawn with a seeded generator; AdamW with linear warmup and cosine decay; fp32, or
-with ``precision: bf16`` the forward and backward under bf16 autocast (weights, gradients and
-optimizer state stay fp32)."""
+"""Supervised causal-LM training: pretraining the tiny base models and the simulator SFT.
+
+Texts are tokenized, joined with EOS and packed into fixed-length chunks; batches are drawn with
+a seeded generator; AdamW (weight decay on matrices only) with linear warmup and cosine decay;
+fp32, or with ``precision: bf16`` the forward and backward under bf16 autocast (weights,
+gradients and optimizer state stay fp32)."""
 
 from __future__ import annotations
 
@@ -57,6 +59,14 @@ def lr_lambda(warmup_steps: int, total_steps: int, floor: float = 0.1) -> Callab
     return f
 
 
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: ``weight_decay`` on matrices (embeddings, projections), none on
+    vectors (norm gains, biases), as is usual for transformer pretraining."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
 def train_causal_lm(
     model: torch.nn.Module,
     chunks: tuple[torch.Tensor, torch.Tensor],
@@ -71,7 +81,7 @@ def train_causal_lm(
     ids, labels = chunks
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=run.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    opt = torch.optim.AdamW(decay_groups(model, run.weight_decay), lr=run.lr, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(run.warmup_steps, run.steps))
     model.train()
     losses: list[float] = []
