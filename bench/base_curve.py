@@ -127,5 +127,6 @@ def main() -> None:
 
     Console(width=120).print(curve_table(s))
 
+
 if __name__ == "__main__":
     main()

@@ -108,47 +108,37 @@ def test_shape_parameter_count_is_the_built_models_count():
     assert shape_parameter_count(shape, len(tok)) == count_parameters(tiny_causal_lm(shape, len(tok), tok, seed=0))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_train_causal_lm_learns_in_either_precision_and_keeps_fp32_weights(precision):
+def _pretrain_one_sentence(**run_fields) -> tuple[list[float], torch.nn.Module]:
+    """``train_causal_lm`` with ``run_fields`` on one repeated sentence, a fresh 1-layer Qwen2 seeded 0."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from zerosearch.config import PretrainRun
-    from zerosearch.lm.supervised import train_causal_lm
+    from zerosearch.lm import supervised
 
     tok = train_tokenizer(["Velora is a city in Zandoria."] * 40, vocab_size=300)
     chunks = pack_texts(tok, ["Velora is a city in Zandoria."] * 40, seq_len=16)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, intermediate_size=64))
+    run = PretrainRun(**{"batch_size": 2, "seq_len": 16, "lr": 1e-2, "warmup_steps": 1, "weight_decay": 0.0,
+                         "precision": "fp32", **run_fields})
+    return supervised.train_causal_lm(model, chunks, run, seed=0), model
 
-    def run(p: str) -> tuple[list[float], torch.nn.Module]:
-        torch.manual_seed(0)
-        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
-                                             num_attention_heads=2, num_key_value_heads=1, intermediate_size=64))
-        run = PretrainRun(steps=30, batch_size=2, seq_len=16, lr=1e-2, warmup_steps=1, weight_decay=0.0, precision=p)
-        return train_causal_lm(model, chunks, run, seed=0), model
 
-    losses, model = run(precision)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_causal_lm_learns_in_either_precision_and_keeps_fp32_weights(precision):
+    losses, model = _pretrain_one_sentence(steps=30, precision=precision)
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0]  # it learns the repeated sentence
     assert all(p.dtype == torch.float32 for p in model.parameters())
     if precision == "bf16":  # autocast ran: the same run in fp32 gives other losses
-        assert losses != run("fp32")[0]
+        assert losses != _pretrain_one_sentence(steps=30, precision="fp32")[0]
 
 
 def test_weight_decay_shrinks_matrices_only_and_zero_decay_is_plain_one_group_adamw(monkeypatch):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     import zerosearch.lm.supervised as supervised
-    from zerosearch.config import PretrainRun
-
-    tok = train_tokenizer(["Velora is a city in Zandoria."] * 40, vocab_size=300)
-    chunks = pack_texts(tok, ["Velora is a city in Zandoria."] * 40, seq_len=16)
 
     def trained(weight_decay: float) -> dict[str, torch.Tensor]:
-        torch.manual_seed(0)
-        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
-                                             num_attention_heads=2, num_key_value_heads=1, intermediate_size=64))
-        run = PretrainRun(steps=10, batch_size=2, seq_len=16, lr=1e-2, warmup_steps=1, weight_decay=weight_decay,
-                          precision="fp32")
-        supervised.train_causal_lm(model, chunks, run, seed=0)
-        return dict(model.named_parameters())
+        return dict(_pretrain_one_sentence(steps=10, weight_decay=weight_decay)[1].named_parameters())
 
     plain, decayed = trained(0.0), trained(0.5)
     groups = supervised.decay_groups(torch.nn.ModuleList([torch.nn.Linear(3, 2), torch.nn.LayerNorm(2)]), 0.5)
